@@ -1,0 +1,290 @@
+//! The config file as written: serde structs mirroring SPEC §2 key for key.
+//!
+//! Owns: field names, defaults and primitive types (durations are parsed here, as
+//! `humantime` strings). Does not: check cross-field rules or build typed values
+//! (`validate.rs` does), or expand `${ENV}` (done on the YAML tree before this).
+//! Every struct denies unknown fields so a typo is an error, never a silent default.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `250ms`, `30s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like 250ms, 30s, 5m or 1h"
+            ))
+        })
+    }
+}
+
+const fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    /// How often the certificate files are checked for changes (extension).
+    pub watch_interval: Dur,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8443".into(),
+            cert: "certs/cert.pem".into(),
+            key: "certs/key.pem".into(),
+            watch_interval: secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub secret: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9090".into(), secret: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBackend {
+    pub url: String,
+    pub connect_timeout: Dur,
+    pub timeout: Dur,
+    /// Idle keep-alive connections are closed after this long (extension).
+    pub pool_idle_timeout: Dur,
+    /// Idle keep-alive connections kept to the backend (extension).
+    pub pool_max_idle: usize,
+}
+
+impl Default for RawBackend {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:3000".into(),
+            connect_timeout: secs(2),
+            timeout: secs(60),
+            pool_idle_timeout: secs(90),
+            pool_max_idle: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub endpoint: String,
+    pub token_query: Option<String>,
+    pub token_header: Option<String>,
+    pub token_cookie: Option<String>,
+    pub cache_ttl: Dur,
+    pub negative_ttl: Dur,
+    pub anonymous: bool,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            endpoint: "/realtime/auth".into(),
+            token_query: Some("token".into()),
+            token_header: Some("authorization".into()),
+            token_cookie: None,
+            cache_ttl: secs(60),
+            negative_ttl: secs(5),
+            anonymous: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhooks {
+    pub endpoint: String,
+    pub events: Vec<String>,
+    pub secret: Option<String>,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self { endpoint: "/realtime/events".into(), events: vec!["message".into()], secret: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: String,
+    pub transport: String,
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHistory {
+    pub size: usize,
+    pub ttl: Dur,
+}
+
+impl Default for RawHistory {
+    fn default() -> Self {
+        Self { size: 100, ttl: secs(3600) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
+    pub presence: bool,
+    #[serde(default = "deny")]
+    pub client_publish: String,
+    #[serde(default)]
+    pub ephemeral: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn deny() -> String {
+    "deny".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_channels_per_connection: usize,
+    pub max_message_bytes: usize,
+    pub client_rate: RawRate,
+    pub subscriber_queue: usize,
+    pub origins: Vec<String>,
+    /// Largest request head (request line + headers) accepted; beyond it: 431 (extension).
+    pub max_header_bytes: usize,
+    /// A client must finish sending its request head within this (slowloris guard; extension).
+    pub header_read_timeout: Dur,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            max_channels_per_connection: 100,
+            max_message_bytes: 65_536,
+            client_rate: RawRate { per_second: 10, burst: 20 },
+            subscriber_queue: 1024,
+            origins: Vec::new(),
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeartbeat {
+    pub interval: Dur,
+    pub timeout: Dur,
+}
+
+impl Default for RawHeartbeat {
+    fn default() -> Self {
+        Self { interval: secs(25), timeout: secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBroker {
+    pub kind: String,
+    pub url: String,
+}
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        Self { kind: "memory".into(), url: "redis://127.0.0.1:6379".into() }
+    }
+}
+
+/// The whole file. Top-level keys are deserialized one by one (see `mod.rs`) so that
+/// one bad section does not hide the problems of the others.
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    pub listen: String,
+    pub shutdown_grace: Dur,
+    pub tls: Option<RawTls>,
+    pub admin: RawAdmin,
+    pub backend: RawBackend,
+    pub prefix: String,
+    pub auth: RawAuth,
+    pub webhooks: RawWebhooks,
+    pub routes: Vec<RawRoute>,
+    pub channels: Vec<RawChannel>,
+    pub limits: RawLimits,
+    pub heartbeat: RawHeartbeat,
+    pub broker: RawBroker,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let route = |path: &str, transport: &str| RawRoute {
+            path: path.into(),
+            transport: transport.into(),
+            channels: Vec::new(),
+        };
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            shutdown_grace: secs(10),
+            tls: None,
+            admin: RawAdmin::default(),
+            backend: RawBackend::default(),
+            prefix: "/_sidewire".into(),
+            auth: RawAuth::default(),
+            webhooks: RawWebhooks::default(),
+            routes: vec![
+                route("/ws", "websocket"),
+                route("/events", "sse"),
+                route("/poll", "longpoll"),
+            ],
+            channels: vec![RawChannel {
+                pattern: "*".into(),
+                history: RawHistory::default(),
+                presence: false,
+                client_publish: deny(),
+                ephemeral: Vec::new(),
+                public: false,
+            }],
+            limits: RawLimits::default(),
+            heartbeat: RawHeartbeat::default(),
+            broker: RawBroker::default(),
+        }
+    }
+}

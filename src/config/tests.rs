@@ -1,0 +1,155 @@
+//! Table tests for config parsing and validation.
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn problems(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml, &no_env) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn empty_file_is_valid_with_defaults() {
+    let c = Config::from_yaml("", &no_env).unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.backend.origin.as_str(), "127.0.0.1:3000");
+    assert_eq!(c.routes.len(), 3);
+    assert_eq!(c.limits.subscriber_queue, 1024);
+    assert_eq!(c.broker, BrokerConfig::Memory);
+    assert!(c.tls.is_none());
+}
+
+#[test]
+fn spec_example_is_valid() {
+    let yaml = r#"
+listen: "0.0.0.0:8080"
+shutdown_grace: 10s
+tls: { listen: "0.0.0.0:8443", cert: "certs/cert.pem", key: "certs/key.pem" }
+admin: { listen: "127.0.0.1:9090", secret: "${SIDEWIRE_SECRET}" }
+backend: { url: "http://127.0.0.1:3000", connect_timeout: 2s, timeout: 60s }
+prefix: "/_sidewire"
+auth:
+  endpoint: "/realtime/auth"
+  token_query: "token"
+  token_header: "authorization"
+  token_cookie: null
+  cache_ttl: 60s
+  negative_ttl: 5s
+  anonymous: false
+webhooks: { endpoint: "/realtime/events", events: [message], secret: "${SIDEWIRE_SECRET}" }
+routes:
+  - { path: "/ws", transport: websocket }
+  - { path: "/events", transport: sse }
+  - { path: "/events/rooms/{room}", transport: sse, channels: ["room:{room}"] }
+  - { path: "/notifications", transport: sse, channels: ["user:{user}"] }
+  - { path: "/poll", transport: longpoll }
+channels:
+  - match: "room:*"
+    history: { size: 100, ttl: 1h }
+    presence: true
+    client_publish: broadcast
+    ephemeral: [typing]
+    public: false
+  - match: "user:*"
+    history: { size: 50, ttl: 24h }
+limits:
+  max_connections: 100000
+  max_connections_per_ip: 1000
+  max_channels_per_connection: 100
+  max_message_bytes: 65536
+  client_rate: { per_second: 10, burst: 20 }
+  subscriber_queue: 1024
+  origins: []
+heartbeat: { interval: 25s, timeout: 60s }
+broker: { kind: memory, url: "redis://127.0.0.1:6379" }
+"#;
+    let env = |k: &str| (k == "SIDEWIRE_SECRET").then(|| "hunter2".to_owned());
+    let c = Config::from_yaml(yaml, &env).unwrap();
+    assert_eq!(c.admin.secret.as_ref().unwrap().expose(), "hunter2");
+    assert_eq!(format!("{:?}", c.admin.secret), "Some(Secret(***))");
+    assert_eq!(c.routes[2].channels[0].as_str(), "room:{room}");
+    assert_eq!(c.channels[0].history_ttl, Duration::from_secs(3600));
+    assert_eq!(c.channels[0].client_publish, ClientPublish::Broadcast);
+}
+
+#[test]
+fn collects_every_problem_with_paths() {
+    let yaml = r#"
+listen: "nope"
+lissten: 1
+backend: { url: "ftp://x", timeout: 5x }
+limits: { subscriber_queue: 0, client_rate: { per_second: 0, burst: 1 } }
+routes:
+  - { path: "ws", transport: websocket }
+  - { path: "/x", transport: carrier-pigeon }
+  - { path: "/r/{room}", transport: sse, channels: ["room:{rom}"] }
+channels:
+  - { match: "bad name", client_publish: maybe }
+heartbeat: { interval: 30s, timeout: 10s }
+broker: { kind: etcd }
+"#;
+    let p = problems(yaml);
+    let has = |needle: &str| p.iter().any(|l| l.starts_with(needle));
+    assert!(has("listen: "), "{p:#?}");
+    assert!(has("lissten: unknown key"), "{p:#?}");
+    assert!(has("backend.timeout: invalid duration"), "{p:#?}");
+    assert!(has("limits.subscriber_queue: must be greater than 0"), "{p:#?}");
+    assert!(has("limits.client_rate"), "{p:#?}");
+    assert!(has("routes[0].path"), "{p:#?}");
+    assert!(has("routes[1].transport"), "{p:#?}");
+    assert!(has("routes[2].channels[0]: {rom}"), "{p:#?}");
+    assert!(has("channels[0].match"), "{p:#?}");
+    assert!(has("heartbeat.timeout"), "{p:#?}");
+    assert!(has("broker.kind"), "{p:#?}");
+}
+
+#[test]
+fn unknown_nested_key_names_its_path() {
+    let p = problems("limits: { max_conections: 5 }\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("limits"), "{p:#?}");
+    assert!(p[0].contains("max_conections"), "{p:#?}");
+}
+
+#[test]
+fn backend_url_is_checked_after_env_expansion() {
+    let p = problems("backend: { url: \"${BACKEND_URL}\" }\n");
+    assert_eq!(p, vec!["backend.url: environment variable BACKEND_URL is not set".to_owned()]);
+    let env = |_: &str| Some("http://10.0.0.5:8000/app/".to_owned());
+    let c = Config::from_yaml("backend: { url: \"${BACKEND_URL}\" }\n", &env).unwrap();
+    assert_eq!(c.backend.origin.as_str(), "10.0.0.5:8000");
+    assert_eq!(c.backend.base_path, "/app");
+}
+
+#[test]
+fn admin_secret_required_off_loopback() {
+    let p = problems("admin: { listen: \"0.0.0.0:9090\" }\n");
+    assert_eq!(p, vec!["admin.secret: required when admin.listen is not a loopback address".to_owned()]);
+    assert!(problems("admin: { listen: \"0.0.0.0:9090\", secret: s }\n").is_empty());
+}
+
+#[test]
+fn webhook_secret_required_when_used() {
+    let p = problems("channels: [{ match: \"*\", client_publish: backend }]\n");
+    assert!(p[0].starts_with("webhooks.secret"), "{p:#?}");
+}
+
+#[test]
+fn invalid_yaml_is_one_problem() {
+    let p = problems("listen: [\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("invalid YAML"), "{p:#?}");
+}
+
+#[test]
+fn restart_required_lists_listeners() {
+    let a = Config::from_yaml("", &no_env).unwrap();
+    let b = Config::from_yaml("listen: \"127.0.0.1:1\"\nbackend: { timeout: 1s }\n", &no_env).unwrap();
+    assert_eq!(a.restart_required(&b), vec!["listen"]);
+}

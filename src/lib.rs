@@ -1,0 +1,205 @@
+//! sidewire: a reverse-proxy sidecar that gives a legacy HTTP application realtime
+//! features (WebSocket, Server-Sent Events, long-poll) without rewriting it.
+//!
+//! # Layout
+//! - [`config`]: YAML → `${ENV}` → typed [`Config`]; every problem with its key path.
+//! - [`server`]: accept loops (public, TLS, admin) and per-connection hyper serving.
+//! - [`tls`]: rustls termination with certificate hot reload.
+//! - [`router`]: request → [`router::Route`], pure.
+//! - [`proxy`]: pass-through to the backend (hop-by-hop hygiene, X-Forwarded-*, streamed
+//!   bodies, upgrade tunnels, 502/504) and the backend connection pool.
+//! - [`admin`]: health, readiness, metrics. [`metrics`]: the Prometheus registry.
+//! - [`shutdown`]: cancellation, task tracking and signals. [`respond`]: body type, errors.
+//! - [`names`], [`template`]: channel names, patterns, route and channel templates.
+//!
+//! # Startup
+//! `Config::load` (pure) → [`App::bind`] (binds every listener; `local_addrs()` tells
+//! tests the ports) → [`App::run`] until [`Handle::shutdown`], then drain.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod names;
+pub mod proxy;
+pub mod respond;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod template;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use metrics::Metrics;
+use proxy::{Peer, Proxy};
+use respond::{Body, Rejection};
+use router::Route;
+use shutdown::Shutdown;
+use tls::Tls;
+
+/// State shared by every connection: a few cheap handles, each owning its own state.
+pub struct State {
+    /// The live config; replaced whole on reload.
+    pub config: ArcSwap<Config>,
+    /// The backend pool; rebuilt when `backend` changes on reload.
+    pub proxy: ArcSwap<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Why [`App::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub public: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// A bound, not yet running sidewire.
+pub struct App {
+    state: Arc<State>,
+    public: TcpListener,
+    tls: Option<TcpListener>,
+    admin: TcpListener,
+}
+
+/// Control of a running [`App`] from outside (signals, tests).
+#[derive(Clone)]
+pub struct Handle(Arc<State>);
+
+async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError::Listen { what, addr, source })
+}
+
+impl App {
+    /// Binds every listener and loads the TLS certificate. Nothing is served yet.
+    pub async fn bind(config: Config) -> Result<Self, BindError> {
+        let public = listen("listen", config.listen).await?;
+        let admin = listen("admin.listen", config.admin.listen).await?;
+        let (tls_listener, tls) = match &config.tls {
+            Some(t) => {
+                let store = Tls::load(&t.cert, &t.key).await?;
+                (Some(listen("tls.listen", t.listen).await?), Some(Arc::new(store)))
+            }
+            None => (None, None),
+        };
+        let state = Arc::new(State {
+            proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),
+            config: ArcSwap::from_pointee(config),
+            metrics: Arc::new(Metrics::new()),
+            shutdown: Shutdown::new(),
+            tls,
+        });
+        Ok(Self { state, public, tls: tls_listener, admin })
+    }
+
+    pub fn local_addrs(&self) -> Addrs {
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Addrs { public: addr(&self.public), tls: self.tls.as_ref().map(addr), admin: addr(&self.admin) }
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle(Arc::clone(&self.state))
+    }
+
+    /// Serves until [`Handle::shutdown`], then drains for at most `shutdown_grace`.
+    pub async fn run(self) {
+        let state = self.state;
+        let sd = state.shutdown.clone();
+        sd.spawn(server::serve(self.public, server::Kind::Public, Arc::clone(&state)));
+        sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
+        if let Some(l) = self.tls {
+            sd.spawn(server::serve(l, server::Kind::Tls, Arc::clone(&state)));
+        }
+        if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
+            sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
+        }
+        tracing::info!("sidewire is serving");
+        sd.cancelled().await;
+        tracing::info!("shutting down: draining connections");
+        let grace = state.config.load().shutdown_grace;
+        if tokio::time::timeout(grace, sd.wait()).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace elapsed; closing what is left");
+        }
+    }
+}
+
+impl Handle {
+    /// Starts the graceful drain.
+    pub fn shutdown(&self) {
+        self.0.shutdown.trigger();
+    }
+
+    /// Applies a new config. Returns the changed keys that need a restart (those keep
+    /// their old values). The TLS certificate is reloaded as well.
+    pub async fn reload(&self, mut new: Config) -> Vec<&'static str> {
+        let state = &self.0;
+        let old = state.config.load_full();
+        let restart = old.restart_required(&new);
+        // Keep what cannot change while running.
+        new.listen = old.listen;
+        new.admin.listen = old.admin.listen;
+        new.broker = old.broker.clone();
+        match (&mut new.tls, &old.tls) {
+            (Some(n), Some(o)) => n.listen = o.listen,
+            (n, o) => *n = o.clone(),
+        }
+        if new.backend != old.backend {
+            state.proxy.store(Arc::new(Proxy::new(&new.backend)));
+        }
+        if let (Some(tls), Some(cfg)) = (&state.tls, &new.tls) {
+            tls.set_paths(&cfg.cert, &cfg.key);
+            tls.reload_and_log(&state.metrics, "reload").await;
+        }
+        state.config.store(Arc::new(new));
+        state.metrics.reload("config_ok");
+        restart
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
+
+/// Serves one request on a public listener: route, then exactly one entry point.
+pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let config = state.config.load_full();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = match router::route(&config, &path) {
+        Route::PassThrough => {
+            let proxy = state.proxy.load_full();
+            proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
+        }
+        Route::Reserved(_) => Err(Rejection::not_found()),
+        Route::Realtime(..) => Err(Rejection::json(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "realtime endpoints are not served by this build yet",
+        )),
+    };
+    let res = res.unwrap_or_else(Rejection::into_response);
+    state.metrics.request(res.status());
+    // The query string is never logged: it may carry tokens.
+    tracing::debug!(target: "sidewire::access", %method, %path, status = res.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %peer.addr);
+    res
+}

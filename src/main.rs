@@ -1,0 +1,116 @@
+//! The `sidewire` binary: CLI, logging, config load, run, exit code.
+//! Exit codes: 0 after a clean shutdown, 2 for a bad config, 1 when startup fails.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use sidewire::shutdown::{Signal, Signals};
+use sidewire::{App, Config};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Reverse-proxy sidecar adding WebSocket, SSE and long-poll to an HTTP app.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Config file.
+    #[arg(long, default_value = "config.yaml")]
+    config: PathBuf,
+    /// Validate the config, print every problem, exit 0 (valid) or 2 (invalid).
+    #[arg(long)]
+    check: bool,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid config:\n{e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        let _ = writeln!(std::io::stdout(), "{}: OK", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.config, config))
+}
+
+async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match App::bind(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "startup failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addrs = app.local_addrs();
+    tracing::info!(public = %addrs.public, tls = ?addrs.tls, admin = %addrs.admin, "listening");
+    let handle = app.handle();
+    let running = app.run();
+    tokio::pin!(running);
+    loop {
+        tokio::select! {
+            () = &mut running => break,
+            signal = signals.next() => match signal {
+                Signal::Terminate => handle.shutdown(),
+                Signal::Reload => reload(&handle, &path).await,
+            },
+        }
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn reload(handle: &sidewire::Handle, path: &std::path::Path) {
+    match Config::load(path, &env) {
+        Ok(new) => {
+            let restart = handle.reload(new).await;
+            tracing::info!(restart_required = ?restart, "config reloaded");
+        }
+        Err(e) => tracing::warn!(problems = %e, "config reload refused; keeping the running config"),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}

@@ -1,0 +1,116 @@
+//! Prometheus metrics, served as text by the admin listener.
+//!
+//! Owns: the registry and every metric family. Recording is lock-free (atomics inside
+//! prometheus-client); only encoding takes the registry.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Every metric sidewire exports.
+pub struct Metrics {
+    registry: Registry,
+    open_connections: Family<ListenerLabel, Gauge>,
+    requests: Family<ClassLabel, Counter>,
+    upstream_latency: Histogram,
+    upstream_errors: Family<KindLabel, Counter>,
+    reloads: Family<KindLabel, Counter>,
+}
+
+/// Upstream latency buckets, seconds: 0.5 ms .. 30 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sidewire");
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register("open_connections", "Open client connections by listener", open_connections.clone());
+        let requests = Family::<ClassLabel, Counter>::default();
+        registry.register("requests", "Requests on the public listeners by status class", requests.clone());
+        let upstream_latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from sending a request to the backend until its response headers",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register("upstream_errors", "Failed backend requests by kind", upstream_errors.clone());
+        let reloads = Family::<KindLabel, Counter>::default();
+        registry.register("reloads", "Config and certificate reloads by outcome", reloads.clone());
+        Self { registry, open_connections, requests, upstream_latency, upstream_errors, reloads }
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub fn connection(&self, listener: &'static str) -> ConnectionGuard {
+        let gauge = self.open_connections.get_or_create(&ListenerLabel { listener }).clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    pub fn request(&self, status: http::StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        self.upstream_latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn reload(&self, kind: &'static str) {
+        self.reloads.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the open-connection gauge on drop.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,353 @@
+//! Pass-through to the backend (SPEC §8), in the order nginx and Envoy apply it:
+//! `check_framing` → `strip_hop_headers` → `add_forwarded` → `send` (with the header
+//! timeout) → `strip_hop_headers(response)` → stream the body back, never buffered.
+//! WebSocket (and any other HTTP/1.1) upgrades are tunnelled byte for byte.
+//!
+//! Owns: the keep-alive connection pool to the backend, which auth and webhooks reuse.
+//! Invariant: a request whose body may have been sent is never retried (hyper-util only
+//! retries requests that were never written to a connection).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::BackendConfig;
+use crate::metrics::Metrics;
+use crate::respond::{Body, Rejection};
+use crate::shutdown::Shutdown;
+
+/// Who sent a request: the socket peer and whether it came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// Why a forwarded request failed, named by who failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("ambiguous request framing: {0}")]
+    BadFraming(&'static str),
+    #[error("backend unreachable: {0}")]
+    BackendUnreachable(String),
+    #[error("backend sent no response headers within {0:?}")]
+    BackendTimeout(Duration),
+    #[error("backend request failed: {0}")]
+    BackendFailed(String),
+}
+
+impl ProxyError {
+    /// The metric label for `upstream_errors`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadFraming(_) => "bad_request",
+            Self::BackendUnreachable(_) => "connect",
+            Self::BackendTimeout(_) => "timeout",
+            Self::BackendFailed(_) => "failed",
+        }
+    }
+}
+
+impl From<ProxyError> for Rejection {
+    fn from(e: ProxyError) -> Self {
+        match e {
+            ProxyError::BadFraming(why) => Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}")),
+            ProxyError::BackendTimeout(_) => {
+                Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
+            }
+            ProxyError::BackendUnreachable(_) => {
+                Rejection::plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend is unreachable")
+            }
+            ProxyError::BackendFailed(_) => {
+                Rejection::plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend request failed")
+            }
+        }
+    }
+}
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
+/// RFC 2616 proxy-auth pair). `Trailer` is *not* here: hyper only sends the trailers a
+/// response declares in it.
+const HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The backend client: a keep-alive pool plus the target and timeouts.
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    backend: BackendConfig,
+}
+
+impl Proxy {
+    pub fn new(backend: &BackendConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(backend.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(backend.pool_idle_timeout)
+            .pool_max_idle_per_host(backend.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self { client, backend: backend.clone() }
+    }
+
+    pub fn backend(&self) -> &BackendConfig {
+        &self.backend
+    }
+
+    /// The backend URI for a request target (`/path?query`).
+    pub fn target(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        let pq = format!("{}{}", self.backend.base_path, path_and_query);
+        Uri::builder()
+            .scheme("http")
+            .authority(self.backend.origin.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| ProxyError::BadFraming("invalid request target"))
+    }
+
+    /// Sends a request to the backend and waits for its response headers, at most
+    /// `backend.timeout`. Used by pass-through, auth and webhooks.
+    pub async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.backend.timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::BackendTimeout(self.backend.timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
+            Ok(Ok(res)) => Ok(res),
+        };
+        match &result {
+            Ok(_) => metrics.upstream_latency(started.elapsed()),
+            Err(e) => metrics.upstream_error(e.kind()),
+        }
+        result
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Forwards one request and streams the response back.
+pub async fn forward(
+    proxy: &Proxy,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    check_framing(req.headers()).inspect_err(|e| metrics.upstream_error(e.kind()))?;
+    let upgrade = upgrade_protocol(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host = request_host(&parts.uri, &parts.headers);
+    let wants_trailers = te_trailers(&parts.headers);
+    strip_hop_headers(&mut parts.headers);
+    if let Some(proto) = &upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto.clone());
+    }
+    if wants_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    add_forwarded(&mut parts.headers, peer, host.as_ref());
+    if let (Some(h), false) = (&host, parts.headers.contains_key(header::HOST)) {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = proxy.target(target)?;
+    parts.version = Version::HTTP_11;
+    let out = Request::from_parts(parts, body.map_err(Into::into).boxed());
+    let mut res = proxy.send(out, metrics).await?;
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
+        return Ok(tunnel(shutdown, client_upgrade, &mut res));
+    }
+    strip_hop_headers(res.headers_mut());
+    // hyper writes the status line from this field: answer in our own protocol version.
+    *res.version_mut() = Version::HTTP_11;
+    Ok(res.map(|b| b.map_err(Into::into).boxed()))
+}
+
+/// Refuses requests whose length is ambiguous (request smuggling): several
+/// `Content-Length` headers, or `Content-Length` together with `Transfer-Encoding`.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err(ProxyError::BadFraming("more than one Content-Length"));
+    }
+    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadFraming("both Content-Length and Transfer-Encoding"));
+    }
+    Ok(())
+}
+
+/// The protocol an HTTP/1.1 client asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// Whether any `Connection` header lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_headers(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_HEADERS {
+        headers.remove(name);
+    }
+}
+
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` / `-Host` from
+/// the real connection (whatever the client claimed for those two is replaced).
+pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&HeaderValue>) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let ip = peer.addr.ip().to_canonical().to_string();
+    let prior: Vec<&str> = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+    let chain = if prior.is_empty() { ip } else { format!("{}, {ip}", prior.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(XFP, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
+    match host {
+        Some(h) => headers.insert(XFH, h.clone()),
+        None => headers.remove(XFH),
+    };
+}
+
+/// Answers the client's upgrade with the backend's 101 and splices the two upgraded
+/// connections in a tracked task; shutdown closes both ends.
+fn tunnel(shutdown: &Shutdown, client: hyper::upgrade::OnUpgrade, backend_res: &mut Response<Incoming>) -> Response<Body> {
+    let backend = hyper::upgrade::on(&mut *backend_res);
+    let token = shutdown.token().clone();
+    shutdown.spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => return tracing::debug!(error = %e, "upgrade tunnel did not start"),
+        };
+        let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(backend));
+        tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+                if let Err(e) = res { tracing::debug!(error = %e, "upgrade tunnel ended"); }
+            }
+            () = token.cancelled() => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::join!(a.shutdown(), b.shutdown());
+            }
+        }
+    });
+    let mut res = Response::new(crate::respond::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let upgrade = backend_res.headers().get(header::UPGRADE).cloned();
+    *res.headers_mut() = std::mem::take(backend_res.headers_mut());
+    strip_hop_headers(res.headers_mut());
+    res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        res.headers_mut().insert(header::UPGRADE, u);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("trailer", "x-checksum".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        strip_hop_headers(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["trailer", "x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        let peer = Peer { addr: "[::ffff:10.0.0.9]:5000".parse().unwrap(), tls: false };
+        add_forwarded(&mut h, peer, Some(&HeaderValue::from_static("app.test")));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.test");
+    }
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.append("content-length", "5".parse().unwrap());
+        assert!(check_framing(&h).is_ok());
+        h.append("content-length", "5".parse().unwrap());
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append("content-length", "5".parse().unwrap());
+        h.append("transfer-encoding", "chunked".parse().unwrap());
+        assert!(check_framing(&h).is_err());
+    }
+}

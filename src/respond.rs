@@ -1,0 +1,74 @@
+//! The one response body type, small constructors, and [`Rejection`]: an error that
+//! knows its status and JSON body.
+//!
+//! Every handler returns `Result<Response<Body>, Rejection>`; `lib.rs` turns the error
+//! side into a response in one place, so hyper only ever sees `Infallible`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+
+/// Boxed error of any body stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response sidewire produces or forwards.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A response with a fixed body and content type.
+pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// A short plain-text response, as the pass-through errors use.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_body(status, "text/plain; charset=utf-8", body)
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    with_body(status, "application/json", value.to_string())
+}
+
+/// A refused request: status, a machine code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Plain-text body instead of JSON (the pass-through errors, SPEC §8).
+    pub plain: bool,
+}
+
+impl Rejection {
+    pub fn json(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), plain: false }
+    }
+
+    pub fn plain(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, code: "", message: message.into(), plain: true }
+    }
+
+    pub fn not_found() -> Self {
+        Self::json(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        if self.plain {
+            let mut res = with_body(self.status, "text/plain; charset=utf-8", format!("{}\n", self.message));
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return res;
+        }
+        json(self.status, &serde_json::json!({ "error": self.code, "message": self.message }))
+    }
+}

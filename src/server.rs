@@ -1,0 +1,137 @@
+//! Accept loops for the public, TLS and admin listeners, and per-connection serving
+//! with hyper-util's auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) builder.
+//!
+//! Owns: connection-level limits (header size and read timeout, TLS handshake timeout),
+//! the open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
+//! connections are not hyper's any more; their tasks are on the shared tracker.
+//! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::State;
+use crate::proxy::Peer;
+use crate::respond::Body;
+
+/// Pause after a failed `accept` (typically out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Public,
+    Tls,
+    Admin,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Public => "http",
+            Kind::Tls => "https",
+            Kind::Admin => "admin",
+        }
+    }
+}
+
+fn builder(state: &State) -> auto::Builder<TokioExecutor> {
+    let config = state.config.load();
+    let limits = &config.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Accepts until shutdown, then drains this listener's connections for at most
+/// `shutdown_grace`.
+pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder(&state));
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = kind.label(), error = %e, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let conn = Connection { stream, addr, kind, watcher: graceful.watcher() };
+        let span = tracing::debug_span!("conn", peer = %addr, listener = kind.label());
+        state.shutdown.spawn(conn.run(Arc::clone(&state), Arc::clone(&builder)).instrument(span));
+    }
+    drop(listener);
+    let grace = state.config.load().shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = kind.label(), "shutdown grace elapsed with requests still in flight");
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    addr: SocketAddr,
+    kind: Kind,
+    watcher: Watcher,
+}
+
+impl Connection {
+    async fn run(self, state: Arc<State>, builder: Arc<auto::Builder<TokioExecutor>>) {
+        let _open = state.metrics.connection(self.kind.label());
+        // Nagle only delays small realtime frames; the kernel coalesces bulk writes anyway.
+        let _ = self.stream.set_nodelay(true);
+        let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
+        let kind = self.kind;
+        let svc_state = Arc::clone(&state);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let state = Arc::clone(&svc_state);
+            async move { Ok::<_, Infallible>(dispatch(state, kind, peer, req).await) }
+        });
+        let result = match (self.kind, &state.tls) {
+            (Kind::Tls, Some(tls)) => {
+                let timeout = state.config.load().limits.header_read_timeout;
+                let acceptor = tls.acceptor();
+                let stream = match tokio::time::timeout(timeout, acceptor.accept(self.stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                self.watcher.watch(conn.into_owned()).await
+            }
+            _ => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
+                self.watcher.watch(conn.into_owned()).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+async fn dispatch(state: Arc<State>, kind: Kind, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    match kind {
+        Kind::Admin => crate::admin::handle(&state, req).await,
+        Kind::Public | Kind::Tls => crate::handle(state, peer, req).await,
+    }
+}
