@@ -1,7 +1,6 @@
-//! The admin listener: health, readiness and metrics (the publish API joins it with the
-//! realtime core).
+//! The admin listener: the publish API, channel listing, health, readiness and metrics.
 //!
-//! Owns: the admin routes. Does not: serve anything to the public.
+//! Owns: the admin routes. Does not: serve anything to the public listeners.
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -11,21 +10,33 @@ use crate::respond::{Body, Rejection, text, with_body};
 
 /// Serves one admin request.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => readyz(state),
-        (&Method::GET, "/metrics") => {
-            with_body(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode())
-        }
-        _ => Rejection::not_found().into_response(),
-    }
+    let config = state.config.load_full();
+    let res = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
+        (&Method::GET, "/metrics") => Ok(with_body(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.encode(),
+        )),
+        (&Method::POST, "/publish") => crate::publish::publish(state, &config, req).await,
+        (&Method::GET, "/channels") => crate::publish::channels(state, &config, &req),
+        (_, "/publish" | "/channels") => Err(Rejection::json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "method not allowed",
+        )),
+        _ => Err(Rejection::not_found()),
+    };
+    res.unwrap_or_else(Rejection::into_response)
 }
 
-/// Ready while the listeners are up and not draining (the memory broker is always
-/// reachable).
+/// Ready while the listeners are up, the broker is reachable and we are not draining.
 fn readyz(state: &State) -> Response<Body> {
     if state.shutdown.is_triggered() {
         text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !state.broker.is_ready() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n")
     } else {
         text(StatusCode::OK, "ready\n")
     }

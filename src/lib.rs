@@ -11,28 +11,43 @@
 //! - [`admin`]: health, readiness, metrics. [`metrics`]: the Prometheus registry.
 //! - [`shutdown`]: cancellation, task tracking and signals. [`respond`]: body type, errors.
 //! - [`names`], [`template`]: channel names, patterns, route and channel templates.
+//! - [`hub`]: channels, subscribers, history, ids and cursors; [`broker`]: the publish path.
+//! - [`ws`], [`sse`], [`longpoll`]: one transport each; [`stream`]: the multi-channel
+//!   cursor SSE and long-poll share; [`realtime`]: identity, channel policy, publishing.
+//! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: the publish API.
+//! - [`limits`]: connection admission and client message rate.
 //!
 //! # Startup
 //! `Config::load` (pure) → [`App::bind`] (binds every listener; `local_addrs()` tells
 //! tests the ports) → [`App::run`] until [`Handle::shutdown`], then drain.
 
 pub mod admin;
+pub mod broker;
 pub mod config;
+pub mod hub;
+pub mod limits;
+pub mod longpoll;
 pub mod metrics;
 pub mod names;
+pub mod protocol;
 pub mod proxy;
+pub mod publish;
+pub mod realtime;
 pub mod respond;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod sse;
+pub mod stream;
 pub mod template;
 pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
@@ -53,13 +68,24 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     pub tls: Option<Arc<Tls>>,
+    pub hub: hub::Hub,
+    pub broker: broker::Broker,
+    pub limits: limits::Limits,
+    pub idempotency: publish::Idempotency,
 }
+
+/// How often expired history is swept from idle channels.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why [`App::bind`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -85,7 +111,9 @@ pub struct App {
 pub struct Handle(Arc<State>);
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError::Listen { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError::Listen { what, addr, source })
 }
 
 impl App {
@@ -96,23 +124,44 @@ impl App {
         let (tls_listener, tls) = match &config.tls {
             Some(t) => {
                 let store = Tls::load(&t.cert, &t.key).await?;
-                (Some(listen("tls.listen", t.listen).await?), Some(Arc::new(store)))
+                (
+                    Some(listen("tls.listen", t.listen).await?),
+                    Some(Arc::new(store)),
+                )
             }
             None => (None, None),
         };
+        let metrics = Arc::new(Metrics::new());
+        let hub = hub::Hub::new(hub::cursor::Epoch::fresh(), metrics.hub.clone());
         let state = Arc::new(State {
             proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),
             config: ArcSwap::from_pointee(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             shutdown: Shutdown::new(),
             tls,
+            broker: broker::Broker::Memory(hub.clone()),
+            hub,
+            limits: limits::Limits::default(),
+            idempotency: publish::Idempotency::default(),
         });
-        Ok(Self { state, public, tls: tls_listener, admin })
+        Ok(Self {
+            state,
+            public,
+            tls: tls_listener,
+            admin,
+        })
     }
 
     pub fn local_addrs(&self) -> Addrs {
-        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Addrs { public: addr(&self.public), tls: self.tls.as_ref().map(addr), admin: addr(&self.admin) }
+        let addr = |l: &TcpListener| {
+            l.local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        Addrs {
+            public: addr(&self.public),
+            tls: self.tls.as_ref().map(addr),
+            admin: addr(&self.admin),
+        }
     }
 
     pub fn handle(&self) -> Handle {
@@ -123,14 +172,27 @@ impl App {
     pub async fn run(self) {
         let state = self.state;
         let sd = state.shutdown.clone();
-        sd.spawn(server::serve(self.public, server::Kind::Public, Arc::clone(&state)));
-        sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
+        sd.spawn(server::serve(
+            self.public,
+            server::Kind::Public,
+            Arc::clone(&state),
+        ));
+        sd.spawn(server::serve(
+            self.admin,
+            server::Kind::Admin,
+            Arc::clone(&state),
+        ));
         if let Some(l) = self.tls {
             sd.spawn(server::serve(l, server::Kind::Tls, Arc::clone(&state)));
         }
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
-            sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
+            sd.spawn(Arc::clone(tls).watch(
+                cfg.watch_interval,
+                Arc::clone(&state.metrics),
+                sd.clone(),
+            ));
         }
+        sd.spawn(sweep(state.hub.clone(), sd.clone()));
         tracing::info!("sidewire is serving");
         sd.cancelled().await;
         tracing::info!("shutting down: draining connections");
@@ -179,7 +241,11 @@ impl Handle {
 }
 
 /// Serves one request on a public listener: route, then exactly one entry point.
-pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    state: Arc<State>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let config = state.config.load_full();
     let method = req.method().clone();
@@ -190,11 +256,13 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
             proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
         }
         Route::Reserved(_) => Err(Rejection::not_found()),
-        Route::Realtime(..) => Err(Rejection::json(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "realtime endpoints are not served by this build yet",
-        )),
+        Route::Realtime(route, params) => match route.transport {
+            config::Transport::WebSocket => ws::upgrade(&state, &config, route, params, peer, req),
+            config::Transport::Sse => sse::open(&state, &config, route, params, peer, req).await,
+            config::Transport::LongPoll => {
+                longpoll::wait(&state, &config, route, params, peer, req).await
+            }
+        },
     };
     let res = res.unwrap_or_else(Rejection::into_response);
     state.metrics.request(res.status());
@@ -202,4 +270,15 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     tracing::debug!(target: "sidewire::access", %method, %path, status = res.status().as_u16(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %peer.addr);
     res
+}
+
+/// Expires history of channels nobody touches, until shutdown.
+async fn sweep(hub: hub::Hub, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => hub.sweep(),
+        }
+    }
 }

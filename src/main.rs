@@ -48,7 +48,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -97,7 +100,9 @@ async fn reload(handle: &sidewire::Handle, path: &std::path::Path) {
             let restart = handle.reload(new).await;
             tracing::info!(restart_required = ?restart, "config reloaded");
         }
-        Err(e) => tracing::warn!(problems = %e, "config reload refused; keeping the running config"),
+        Err(e) => {
+            tracing::warn!(problems = %e, "config reload refused; keeping the running config")
+        }
     }
 }
 
@@ -111,6 +116,10 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }

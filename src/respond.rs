@@ -19,14 +19,21 @@ pub fn empty() -> Body {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A response with a fixed body and content type.
-pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn with_body(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
 
@@ -48,15 +55,29 @@ pub struct Rejection {
     pub message: String,
     /// Plain-text body instead of JSON (the pass-through errors, SPEC §8).
     pub plain: bool,
+    /// Extra response headers (e.g. `Sec-WebSocket-Version` on a 426).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
     pub fn json(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), plain: false }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            plain: false,
+            headers: Vec::new(),
+        }
     }
 
     pub fn plain(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, code: "", message: message.into(), plain: true }
+        Self {
+            status,
+            code: "",
+            message: message.into(),
+            plain: true,
+            headers: Vec::new(),
+        }
     }
 
     pub fn not_found() -> Self {
@@ -64,11 +85,24 @@ impl Rejection {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        if self.plain {
-            let mut res = with_body(self.status, "text/plain; charset=utf-8", format!("{}\n", self.message));
-            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return res;
+        let mut res = if self.plain {
+            let mut res = with_body(
+                self.status,
+                "text/plain; charset=utf-8",
+                format!("{}\n", self.message),
+            );
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        } else {
+            json(
+                self.status,
+                &serde_json::json!({ "error": self.code, "message": self.message }),
+            )
+        };
+        for (name, value) in self.headers {
+            res.headers_mut().insert(name, value);
         }
-        json(self.status, &serde_json::json!({ "error": self.code, "message": self.message }))
+        res
     }
 }

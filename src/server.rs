@@ -76,14 +76,28 @@ pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
                 }
             },
         };
-        let conn = Connection { stream, addr, kind, watcher: graceful.watcher() };
+        let conn = Connection {
+            stream,
+            addr,
+            kind,
+            watcher: graceful.watcher(),
+        };
         let span = tracing::debug_span!("conn", peer = %addr, listener = kind.label());
-        state.shutdown.spawn(conn.run(Arc::clone(&state), Arc::clone(&builder)).instrument(span));
+        state.shutdown.spawn(
+            conn.run(Arc::clone(&state), Arc::clone(&builder))
+                .instrument(span),
+        );
     }
     drop(listener);
     let grace = state.config.load().shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = kind.label(), "shutdown grace elapsed with requests still in flight");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = kind.label(),
+            "shutdown grace elapsed with requests still in flight"
+        );
     }
 }
 
@@ -99,7 +113,10 @@ impl Connection {
         let _open = state.metrics.connection(self.kind.label());
         // Nagle only delays small realtime frames; the kernel coalesces bulk writes anyway.
         let _ = self.stream.set_nodelay(true);
-        let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
+        let peer = Peer {
+            addr: self.addr,
+            tls: self.kind == Kind::Tls,
+        };
         let kind = self.kind;
         let svc_state = Arc::clone(&state);
         let service = service_fn(move |req: Request<Incoming>| {
@@ -110,7 +127,8 @@ impl Connection {
             (Kind::Tls, Some(tls)) => {
                 let timeout = state.config.load().limits.header_read_timeout;
                 let acceptor = tls.acceptor();
-                let stream = match tokio::time::timeout(timeout, acceptor.accept(self.stream)).await {
+                let stream = match tokio::time::timeout(timeout, acceptor.accept(self.stream)).await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -119,7 +137,8 @@ impl Connection {
                 self.watcher.watch(conn.into_owned()).await
             }
             _ => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
+                let conn =
+                    builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
                 self.watcher.watch(conn.into_owned()).await
             }
         };
@@ -129,7 +148,12 @@ impl Connection {
     }
 }
 
-async fn dispatch(state: Arc<State>, kind: Kind, peer: Peer, req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(
+    state: Arc<State>,
+    kind: Kind,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match kind {
         Kind::Admin => crate::admin::handle(&state, req).await,
         Kind::Public | Kind::Tls => crate::handle(state, peer, req).await,

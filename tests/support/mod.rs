@@ -1,5 +1,5 @@
 //! Test harness: a real sidewire on port 0 and a real fake backend on port 0.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,7 +53,9 @@ impl FakeBackend {
         let rec = Arc::clone(&requests);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = Arc::clone(&handler);
                 let rec = Arc::clone(&rec);
                 tokio::spawn(async move {
@@ -73,7 +75,11 @@ impl FakeBackend {
                 });
             }
         });
-        Self { addr, requests, task }
+        Self {
+            addr,
+            requests,
+            task,
+        }
     }
 
     /// Answers every request with 200 and a JSON echo of method, path and headers.
@@ -122,7 +128,8 @@ pub struct TestServer {
 }
 
 pub fn config(yaml: &str) -> Config {
-    let mut config = Config::from_yaml(yaml, &|_| None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let mut config =
+        Config::from_yaml(yaml, &|_| None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     config.listen = any;
     config.admin.listen = any;
@@ -143,7 +150,13 @@ impl TestServer {
         let addrs = app.local_addrs();
         let handle = app.handle();
         let task = tokio::spawn(app.run());
-        Self { public: addrs.public, tls: addrs.tls, admin: addrs.admin, handle, task }
+        Self {
+            public: addrs.public,
+            tls: addrs.tls,
+            admin: addrs.admin,
+            handle,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,86 @@
+//! A published message, shared by every subscriber as `Arc<Message>`, with its wire
+//! frames encoded at most once per transport and cached.
+
+use std::sync::OnceLock;
+use tokio::time::Instant;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::cursor::MessageId;
+use crate::names::ChannelName;
+
+/// Identifies a connection within this instance (for `exclude_connection`).
+pub type ConnId = u64;
+
+/// One message on one channel.
+#[derive(Debug)]
+pub struct Message {
+    pub channel: ChannelName,
+    /// `None` for ephemeral events: never stored, never replayed, never move a cursor.
+    pub id: Option<MessageId>,
+    pub event: Option<Box<str>>,
+    pub data: Box<RawValue>,
+    /// Not delivered to this connection (the sender of a webhook-approved message).
+    pub exclude: Option<ConnId>,
+    /// When it was published: history TTL counts from here.
+    pub at: Instant,
+    ws: OnceLock<Utf8Bytes>,
+    sse: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub fn new(
+        channel: ChannelName,
+        id: Option<MessageId>,
+        event: Option<Box<str>>,
+        data: Box<RawValue>,
+    ) -> Self {
+        Self {
+            channel,
+            id,
+            event,
+            data,
+            exclude: None,
+            at: Instant::now(),
+            ws: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    pub fn with_exclude(mut self, exclude: Option<ConnId>) -> Self {
+        self.exclude = exclude;
+        self
+    }
+
+    /// The WebSocket text frame `{"type":"message",…}`, encoded once.
+    pub fn ws_frame(&self) -> Utf8Bytes {
+        self.ws
+            .get_or_init(|| Utf8Bytes::from(crate::protocol::encode_message(self)))
+            .clone()
+    }
+
+    /// The SSE event without its `id:` line (`event:` + `data:` lines + blank line),
+    /// encoded once; the stream prefixes its own cursor.
+    pub fn sse_body(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| Bytes::from(crate::sse::encode_body(self.event.as_deref(), &self.data)))
+            .clone()
+    }
+
+    /// The JSON object used in long-poll responses and history: `{channel,id,event?,data}`.
+    pub fn json(&self) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("channel".into(), self.channel.as_str().into());
+        if let Some(id) = self.id {
+            obj.insert("id".into(), id.to_string().into());
+        }
+        if let Some(ev) = &self.event {
+            obj.insert("event".into(), ev.as_ref().into());
+        }
+        let data = serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null);
+        obj.insert("data".into(), data);
+        serde_json::Value::Object(obj)
+    }
+}

@@ -1,0 +1,282 @@
+//! The hub: this instance's channels, their subscribers and history.
+//!
+//! Owns: the channel map (sharded by name), per-channel history rings, the id sequence
+//! of this epoch, and fan-out into each connection's bounded [`Outbox`].
+//! Does not: encode wire formats (messages cache their own frames), authorize (the
+//! caller has decided), or talk to other instances (the broker calls [`Hub::publish`]).
+//!
+//! Invariants:
+//! - Publishing never waits on a subscriber; a full outbox evicts that connection only.
+//! - A message's id is assigned under its channel's shard lock, and fan-out happens under
+//!   the same lock, so every subscriber sees a channel's messages in id order.
+//! - Subscribing reads history and registers the outbox under one lock, so a resumed or
+//!   live subscriber never misses or duplicates a message published meanwhile.
+//! - Locks are std mutexes guarding map updates only; never held across `.await`.
+
+mod channel;
+pub mod cursor;
+pub mod message;
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::time::Instant;
+
+use serde_json::value::RawValue;
+
+pub use channel::Retention;
+use channel::{Channel, Fanout};
+use cursor::{Epoch, MessageId};
+pub use message::{ConnId, Message};
+pub use outbox::{Inbox, Outbox, outbox};
+
+use crate::names::ChannelName;
+
+/// Shards of the channel map: enough that two cores rarely contend.
+const SHARDS: usize = 64;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Only messages published from now on.
+    Live,
+    /// Everything after this position of this epoch that history still holds.
+    After { epoch: Epoch, seq: u64 },
+}
+
+/// Result of a subscribe.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// Whether history covered everything after the requested position (`true` for live).
+    pub recovered: bool,
+    /// Messages to deliver before the live ones, in order.
+    pub replay: Vec<Arc<Message>>,
+    /// The channel position this subscriber now stands at (for stream cursors).
+    pub position: u64,
+    /// `false` when the connection was already subscribed (nothing changed).
+    pub added: bool,
+}
+
+/// The metrics the hub keeps (prometheus handles: cheap atomics, shared with the registry).
+#[derive(Debug, Default, Clone)]
+pub struct HubStats {
+    pub published: Counter,
+    pub delivered: Counter,
+    pub evicted_slow: Counter,
+    pub subscriptions: Gauge,
+    pub history: Gauge,
+}
+
+struct Inner {
+    epoch: Epoch,
+    /// Last id seq handed out in this epoch.
+    seq: AtomicU64,
+    next_conn: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<HashMap<ChannelName, Channel>>]>,
+    stats: HubStats,
+}
+
+/// Cheap-clone handle to this instance's channels.
+#[derive(Clone)]
+pub struct Hub(Arc<Inner>);
+
+impl Hub {
+    pub fn new(epoch: Epoch, stats: HubStats) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Self(Arc::new(Inner {
+            epoch,
+            seq: AtomicU64::new(0),
+            next_conn: AtomicU64::new(1),
+            hasher: Default::default(),
+            shards,
+            stats,
+        }))
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.0.epoch
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.0.stats
+    }
+
+    /// A new connection id, unique in this instance.
+    pub fn next_conn(&self) -> ConnId {
+        self.0.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The textual connection id shown to clients and accepted by `exclude_connection`.
+    pub fn conn_name(&self, conn: ConnId) -> String {
+        format!("{}-{conn:x}", self.0.epoch)
+    }
+
+    /// Parses a textual connection id of this instance.
+    pub fn parse_conn(&self, text: &str) -> Option<ConnId> {
+        let (epoch, n) = text.split_once('-')?;
+        (epoch == self.0.epoch.to_string()).then(|| u64::from_str_radix(n, 16).ok())?
+    }
+
+    fn shard(&self, name: &ChannelName) -> MutexGuard<'_, HashMap<ChannelName, Channel>> {
+        let i = (self.0.hasher.hash_one(name) as usize) % SHARDS;
+        // A panic while holding the lock leaves only counters half-updated; keep serving.
+        self.0.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes on one channel: assigns the id (unless `ephemeral`), stores it in
+    /// history, and offers it to every subscriber. Never waits.
+    pub fn publish(&self, draft: Draft, retention: Retention) -> Arc<Message> {
+        let mut shard = self.shard(&draft.channel);
+        let head = self.0.seq.load(Ordering::Acquire);
+        let channel = shard
+            .entry(draft.channel.clone())
+            .or_insert_with(|| Channel::new(head, retention));
+        channel.retention = retention;
+        let id = (!draft.ephemeral).then(|| MessageId {
+            epoch: self.0.epoch.0,
+            seq: self.0.seq.fetch_add(1, Ordering::AcqRel) + 1,
+        });
+        let msg = Arc::new(
+            Message::new(draft.channel, id, draft.event, draft.data).with_exclude(draft.exclude),
+        );
+        let (fanout, history_delta) = channel.deliver(&msg);
+        if channel.is_idle() {
+            let name = msg.channel.clone();
+            shard.remove(&name);
+        }
+        drop(shard);
+        self.count(fanout, history_delta);
+        msg
+    }
+
+    fn count(&self, fanout: Fanout, history_delta: i64) {
+        let s = &self.0.stats;
+        s.published.inc();
+        s.delivered.inc_by(fanout.delivered);
+        if fanout.evicted > 0 {
+            s.evicted_slow.inc_by(fanout.evicted);
+            s.subscriptions.dec_by(fanout.evicted as i64);
+        }
+        if history_delta != 0 {
+            s.history.inc_by(history_delta);
+        }
+    }
+
+    /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.
+    pub fn subscribe(
+        &self,
+        channel: &ChannelName,
+        outbox: &Outbox,
+        since: Since,
+        retention: Retention,
+    ) -> Subscribed {
+        let mut shard = self.shard(channel);
+        let head = self.0.seq.load(Ordering::Acquire);
+        let state = shard
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(head, retention));
+        state.retention = retention;
+        let before = state.history_len();
+        let (recovered, replay) = match since {
+            Since::Live => (true, Vec::new()),
+            Since::After { epoch, seq } if epoch == self.0.epoch && seq <= head => {
+                match state.after(seq, Instant::now()) {
+                    Some(replay) => (true, replay),
+                    None => (false, Vec::new()),
+                }
+            }
+            Since::After { .. } => (false, Vec::new()),
+        };
+        let position = match (since, recovered) {
+            (Since::After { seq, .. }, true) => {
+                replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq)
+            }
+            _ => head,
+        };
+        let expired = before - state.history_len();
+        let added = state.add(outbox);
+        drop(shard);
+        if expired > 0 {
+            self.0.stats.history.dec_by(expired as i64);
+        }
+        if added {
+            self.0.stats.subscriptions.inc();
+        }
+        Subscribed {
+            recovered,
+            replay,
+            position,
+            added,
+        }
+    }
+
+    /// Removes `conn` from `channel`; drops the channel state when nothing is left.
+    pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else {
+            return false;
+        };
+        let removed = state.remove(conn);
+        if state.is_idle() {
+            shard.remove(channel);
+        }
+        drop(shard);
+        if removed {
+            self.0.stats.subscriptions.dec();
+        }
+        removed
+    }
+
+    /// Expires old history everywhere and forgets idle channels. Called periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut expired = 0usize;
+        for shard in self.0.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|_, ch| {
+                expired += ch.expire(now);
+                !ch.is_idle()
+            });
+        }
+        if expired > 0 {
+            self.0.stats.history.dec_by(expired as i64);
+        }
+    }
+
+    /// Channels with at least one subscriber on this instance, and their counts.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        let mut out = Vec::new();
+        for shard in self.0.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(_, c)| c.subscribers() > 0)
+                    .map(|(n, c)| (n.clone(), c.subscribers())),
+            );
+        }
+        out.sort();
+        out
+    }
+}
+
+/// A message before it has an id.
+#[derive(Debug)]
+pub struct Draft {
+    pub channel: ChannelName,
+    pub event: Option<Box<str>>,
+    pub data: Box<RawValue>,
+    pub ephemeral: bool,
+    pub exclude: Option<ConnId>,
+}
+
+#[cfg(test)]
+mod tests;

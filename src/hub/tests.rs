@@ -1,0 +1,167 @@
+//! Hub unit tests: ids, history, recovery and eviction, without any socket.
+
+use std::time::Duration;
+
+use super::*;
+
+fn hub() -> Hub {
+    Hub::new(Epoch(77), HubStats::default())
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+fn draft(channel: &str, n: u32) -> Draft {
+    Draft {
+        channel: ch(channel),
+        event: None,
+        data: RawValue::from_string(n.to_string()).unwrap(),
+        ephemeral: false,
+        exclude: None,
+    }
+}
+
+const KEEP: Retention = Retention {
+    size: 3,
+    ttl: Duration::from_secs(3600),
+};
+
+#[tokio::test]
+async fn fan_out_in_order_with_strictly_rising_ids() {
+    let hub = hub();
+    let (o, mut inbox) = outbox(hub.next_conn(), 16);
+    hub.subscribe(&ch("a"), &o, Since::Live, KEEP);
+    let ids: Vec<MessageId> = (0..5)
+        .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    for id in ids {
+        assert_eq!(inbox.recv().await.unwrap().id, Some(id));
+    }
+}
+
+#[test]
+fn resume_replays_after_cursor_and_detects_gaps() {
+    let hub = hub();
+    let ids: Vec<MessageId> = (0..5)
+        .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
+        .collect();
+    // History holds the last 3 (ids[2..]); resuming after ids[1] is complete.
+    let (o, _i) = outbox(hub.next_conn(), 16);
+    let sub = hub.subscribe(
+        &ch("a"),
+        &o,
+        Since::After {
+            epoch: Epoch(77),
+            seq: ids[1].seq,
+        },
+        KEEP,
+    );
+    assert!(sub.recovered);
+    assert_eq!(
+        sub.replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(),
+        ids[2..].to_vec()
+    );
+    // After ids[0]: ids[1] was trimmed, so the gap cannot be filled.
+    let (o2, _i2) = outbox(hub.next_conn(), 16);
+    let sub = hub.subscribe(
+        &ch("a"),
+        &o2,
+        Since::After {
+            epoch: Epoch(77),
+            seq: ids[0].seq,
+        },
+        KEEP,
+    );
+    assert!(!sub.recovered);
+    assert!(sub.replay.is_empty());
+    // Another epoch (a restart) is never resumable.
+    let (o3, _i3) = outbox(hub.next_conn(), 16);
+    let sub = hub.subscribe(
+        &ch("a"),
+        &o3,
+        Since::After {
+            epoch: Epoch(1),
+            seq: 4,
+        },
+        KEEP,
+    );
+    assert!(!sub.recovered);
+}
+
+#[test]
+fn ephemeral_messages_have_no_id_and_no_history() {
+    let hub = hub();
+    let mut d = draft("a", 1);
+    d.ephemeral = true;
+    assert!(hub.publish(d, KEEP).id.is_none());
+    let (o, _i) = outbox(hub.next_conn(), 16);
+    let sub = hub.subscribe(
+        &ch("a"),
+        &o,
+        Since::After {
+            epoch: Epoch(77),
+            seq: 0,
+        },
+        KEEP,
+    );
+    assert!(sub.recovered);
+    assert!(sub.replay.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_expires_after_ttl() {
+    let hub = hub();
+    let short = Retention {
+        size: 10,
+        ttl: Duration::from_secs(60),
+    };
+    let first = hub.publish(draft("a", 1), short).id.unwrap();
+    hub.publish(draft("a", 2), short);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    hub.sweep();
+    let (o, _i) = outbox(hub.next_conn(), 16);
+    let sub = hub.subscribe(
+        &ch("a"),
+        &o,
+        Since::After {
+            epoch: Epoch(77),
+            seq: first.seq - 1,
+        },
+        short,
+    );
+    assert!(!sub.recovered, "expired history cannot fill the gap");
+}
+
+#[tokio::test]
+async fn full_outbox_evicts_only_that_subscriber() {
+    let hub = hub();
+    let (slow, slow_inbox) = outbox(hub.next_conn(), 2);
+    let (fast, mut fast_inbox) = outbox(hub.next_conn(), 64);
+    hub.subscribe(&ch("a"), &slow, Since::Live, KEEP);
+    hub.subscribe(&ch("a"), &fast, Since::Live, KEEP);
+    for n in 0..10 {
+        hub.publish(draft("a", n), KEEP);
+    }
+    assert!(slow_inbox.evicted().is_cancelled());
+    for _ in 0..10 {
+        assert!(fast_inbox.recv().await.is_some());
+    }
+    assert_eq!(hub.channels(), vec![(ch("a"), 1)]);
+}
+
+#[tokio::test]
+async fn exclude_connection_is_skipped() {
+    let hub = hub();
+    let (a, mut ai) = outbox(hub.next_conn(), 8);
+    let (b, mut bi) = outbox(hub.next_conn(), 8);
+    hub.subscribe(&ch("x"), &a, Since::Live, KEEP);
+    hub.subscribe(&ch("x"), &b, Since::Live, KEEP);
+    let mut d = draft("x", 1);
+    d.exclude = Some(a.conn);
+    hub.publish(d, KEEP);
+    assert!(bi.recv().await.is_some());
+    assert!(ai.try_recv().is_none());
+    assert_eq!(hub.parse_conn(&hub.conn_name(a.conn)), Some(a.conn));
+}

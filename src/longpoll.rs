@@ -1,0 +1,125 @@
+//! Long-poll (SPEC §6): `GET /poll?channel=a&since=<cursor>&timeout=30s` answers at once
+//! when messages after `since` exist, else with the first message to arrive, else empty
+//! when the timeout (at most 60 s) passes. `timeout=0` is plain polling.
+//!
+//! The response is `{"messages": [...], "cursor": "..."}`; when history could not fill
+//! the gap since `cursor`, it also carries `"reset": [channels]` and answers at once, so
+//! the client refetches its state (the long-poll form of SSE's `event: reset`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::State;
+use crate::config::{Config, RouteConfig, Transport};
+use crate::hub::Message;
+use crate::proxy::Peer;
+use crate::realtime::{self, Session};
+use crate::respond::{Body, Rejection, json};
+use crate::stream::Stream;
+use crate::template::Params;
+
+/// Longest wait a client may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait used when the client names none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most messages in one answer; the cursor lets the client fetch the rest at once.
+const MAX_BATCH: usize = 1000;
+
+fn timeout(query: &[(String, String)]) -> Result<Duration, Rejection> {
+    let Some((_, text)) = query.iter().find(|(k, _)| k == "timeout") else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text),
+    };
+    parsed.map(|d| d.min(MAX_TIMEOUT)).map_err(|_| {
+        Rejection::json(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("bad timeout {text:?}: use e.g. 30s or 0"),
+        )
+    })
+}
+
+/// Serves one poll.
+pub async fn wait(
+    state: &Arc<State>,
+    config: &Arc<Config>,
+    route: &RouteConfig,
+    params: Params,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    if req.method() != Method::GET {
+        return Err(Rejection::json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "long-poll uses GET",
+        ));
+    }
+    let query = realtime::query_pairs(req.uri().query());
+    let timeout = timeout(&query)?;
+    let identity = realtime::identify(config)?;
+    let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
+    let since = query
+        .iter()
+        .find(|(k, _)| k == "since")
+        .map(|(_, v)| v.as_str());
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll)?;
+    let (mut stream, opened) =
+        Stream::open(session, channels, since, config.limits.subscriber_queue);
+    let mut messages = opened.replay;
+    let mut draining = false;
+    if messages.is_empty() && opened.reset.is_empty() && !timeout.is_zero() {
+        let evicted = stream.inbox.evicted().clone();
+        tokio::select! {
+            msg = stream.inbox.recv() => messages.extend(msg),
+            () = tokio::time::sleep(timeout) => {}
+            () = state.shutdown.cancelled() => draining = true,
+            () = evicted.cancelled() => {}
+        }
+    }
+    while messages.len() < MAX_BATCH {
+        match stream.inbox.try_recv() {
+            Some(m) => messages.push(m),
+            None => break,
+        }
+    }
+    messages.truncate(MAX_BATCH);
+    let mut res = json(
+        StatusCode::OK,
+        &answer(&mut stream, &messages, &opened.reset),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if draining {
+        let secs = 1 + crate::sse::spread_ms(stream.session.conn, config.shutdown_grace) / 1000;
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    Ok(res)
+}
+
+fn answer(
+    stream: &mut Stream,
+    messages: &[Arc<Message>],
+    reset: &[crate::names::ChannelName],
+) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            stream.advance(m);
+            m.json()
+        })
+        .collect();
+    let mut out = serde_json::json!({ "messages": list, "cursor": stream.cursor().to_string() });
+    if !reset.is_empty() {
+        out["reset"] = reset.iter().map(|c| c.as_str()).collect::<Vec<_>>().into();
+    }
+    out
+}

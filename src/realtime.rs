@@ -1,0 +1,387 @@
+//! What the realtime transports (WebSocket, SSE, long-poll) and the publish API share:
+//! who the client is, which channels a request names and whether it may use them, and
+//! the one publish path with the channel policies applied.
+//!
+//! Does not: speak any wire format (ws.rs, sse.rs, longpoll.rs do) or store anything
+//! (the hub does).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde_json::value::RawValue;
+
+use crate::State;
+use crate::config::{ChannelPolicy, Config, Transport};
+use crate::hub::cursor::MessageId;
+use crate::hub::{ConnId, Draft, Hub, Retention};
+use crate::limits::{Admission, Refused};
+use crate::metrics::ConnectionGuard;
+use crate::names::{ChannelName, ChannelPattern};
+use crate::protocol::{ErrorCode, close_code};
+use crate::respond::Rejection;
+use crate::template::{Params, USER_PARAM, percent_decode};
+
+/// Who a realtime client is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `None` for an anonymous client (`auth.anonymous`), who may use `public` channels only.
+    pub user: Option<String>,
+    /// Channel patterns the user may subscribe to.
+    pub patterns: Vec<ChannelPattern>,
+    pub info: Option<serde_json::Value>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Self {
+            user: None,
+            patterns: Vec::new(),
+            info: None,
+        }
+    }
+}
+
+/// Why a client may not connect at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authentication required")]
+    Missing,
+}
+
+impl AuthError {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            AuthError::Missing => close_code::AUTH_REQUIRED,
+        }
+    }
+}
+
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    }
+}
+
+/// Identifies a client. Until the backend auth call is configured, only anonymous
+/// clients are admitted, and only when `auth.anonymous` is set.
+pub fn identify(config: &Config) -> Result<Identity, AuthError> {
+    if config.auth.anonymous {
+        Ok(Identity::anonymous())
+    } else {
+        Err(AuthError::Missing)
+    }
+}
+
+/// The policy of the first `channels` entry matching `name`.
+pub fn policy<'a>(config: &'a Config, name: &ChannelName) -> Option<&'a ChannelPolicy> {
+    config
+        .channels
+        .iter()
+        .find(|p| p.pattern.matches(name.as_str()))
+}
+
+/// A refused channel: the WS error code and message, convertible to an HTTP rejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ChannelError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ChannelError> for Rejection {
+    fn from(e: ChannelError) -> Self {
+        let status = match e.code {
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Rejection::json(status, e.code.as_str(), e.message)
+    }
+}
+
+/// Parses a channel name from a client.
+pub fn channel_name(text: &str) -> Result<ChannelName, ChannelError> {
+    ChannelName::new(text)
+        .map_err(|e| ChannelError::new(ErrorCode::BadRequest, format!("bad channel {text:?}: {e}")))
+}
+
+/// Whether `identity` may subscribe to (or publish on) `name`; returns its policy.
+pub fn authorize<'a>(
+    config: &'a Config,
+    identity: &Identity,
+    name: &ChannelName,
+) -> Result<&'a ChannelPolicy, ChannelError> {
+    let policy = policy(config, name).ok_or_else(|| {
+        ChannelError::new(
+            ErrorCode::UnknownChannel,
+            format!("no channel policy matches {name}"),
+        )
+    })?;
+    let allowed = match &identity.user {
+        None => policy.public && config.auth.anonymous,
+        Some(_) => identity.patterns.iter().any(|p| p.matches(name.as_str())),
+    };
+    if allowed {
+        Ok(policy)
+    } else {
+        Err(ChannelError::new(
+            ErrorCode::Forbidden,
+            format!("not allowed on {name}"),
+        ))
+    }
+}
+
+pub fn retention(policy: &ChannelPolicy) -> Retention {
+    Retention {
+        size: policy.history_size,
+        ttl: policy.history_ttl,
+    }
+}
+
+/// Decoded query parameters, in order.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    let Some(q) = query else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
+        })
+        .collect()
+}
+
+/// The channels of an SSE or long-poll request: the route's templates, or `?channel=`.
+/// Sorted and deduplicated (stream cursors list positions in this order), each authorized.
+pub fn stream_channels(
+    config: &Config,
+    route: &crate::config::RouteConfig,
+    params: &Params,
+    query: &[(String, String)],
+    identity: &Identity,
+) -> Result<Vec<(ChannelName, Retention)>, Rejection> {
+    let mut names = Vec::new();
+    if route.channels.is_empty() {
+        for (_, v) in query.iter().filter(|(k, _)| k == "channel") {
+            names.push(channel_name(v)?);
+        }
+    } else {
+        for t in &route.channels {
+            let name = t
+                .fill(params, identity.user.as_deref())
+                .map_err(|e| match e {
+                    crate::template::FillError::NoUser => Rejection::json(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        format!("{{{USER_PARAM}}} needs an authenticated user"),
+                    ),
+                    other => {
+                        Rejection::json(StatusCode::BAD_REQUEST, "bad_request", other.to_string())
+                    }
+                })?;
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(Rejection::json(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "no channel: add ?channel=NAME",
+        ));
+    }
+    if names.len() > config.limits.max_channels_per_connection {
+        return Err(Rejection::json(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "at most {} channels per connection",
+                config.limits.max_channels_per_connection
+            ),
+        ));
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            authorize(config, identity, &n)
+                .map(|p| (n, retention(p)))
+                .map_err(Rejection::from)
+        })
+        .collect()
+}
+
+/// Refusal of a connection by the limits, as an HTTP 429.
+impl From<Refused> for Rejection {
+    fn from(e: Refused) -> Self {
+        Rejection::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            e.to_string(),
+        )
+    }
+}
+
+/// A message to publish, as the API or a client gave it.
+pub struct Publish<'a> {
+    pub channel: &'a ChannelName,
+    pub event: Option<&'a str>,
+    pub data: &'a RawValue,
+    pub exclude: Option<ConnId>,
+}
+
+/// Checks a message against its channel policy and the size limit, before anything is
+/// published (a batch is checked whole first). Returns the draft and its retention.
+pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), ChannelError> {
+    let policy = policy(config, p.channel).ok_or_else(|| {
+        ChannelError::new(
+            ErrorCode::UnknownChannel,
+            format!("no channel policy matches {}", p.channel),
+        )
+    })?;
+    if p.data.get().len() > config.limits.max_message_bytes {
+        return Err(ChannelError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "data is larger than {} bytes",
+                config.limits.max_message_bytes
+            ),
+        ));
+    }
+    if let Some(ev) = p.event
+        && (ev.is_empty() || ev.len() > 64 || ev.contains(['\n', '\r']))
+    {
+        return Err(ChannelError::new(
+            ErrorCode::BadRequest,
+            "event names are 1-64 characters without line breaks",
+        ));
+    }
+    let ephemeral = p
+        .event
+        .is_some_and(|e| policy.ephemeral.iter().any(|x| x == e));
+    let draft = Draft {
+        channel: p.channel.clone(),
+        event: p.event.map(Into::into),
+        data: compact(p.data),
+        ephemeral,
+        exclude: p.exclude,
+    };
+    Ok((draft, retention(policy)))
+}
+
+/// Publishes a prepared message through the broker.
+pub fn publish(
+    state: &State,
+    draft: Draft,
+    retention: Retention,
+) -> Result<Option<MessageId>, ChannelError> {
+    state
+        .broker
+        .publish(draft, retention)
+        .map(|m| m.id)
+        .map_err(|e| ChannelError::new(ErrorCode::Unavailable, e.to_string()))
+}
+
+/// JSON with every insignificant space removed (SSE sends data as compact JSON). Works
+/// on the text, so numbers keep their exact digits.
+pub fn compact(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// Everything a realtime connection holds for its lifetime; dropping it unsubscribes
+/// from every channel and frees the connection slot, however the connection ended.
+pub struct Session {
+    pub hub: Hub,
+    pub conn: ConnId,
+    pub channels: Vec<ChannelName>,
+    _admission: Admission,
+    _gauge: ConnectionGuard,
+}
+
+impl Session {
+    /// Admits a connection from `ip` (limits) for `transport`.
+    pub fn admit(
+        state: &Arc<State>,
+        config: &Config,
+        ip: IpAddr,
+        transport: Transport,
+    ) -> Result<Self, Refused> {
+        let admission = state.limits.admit(ip, &config.limits)?;
+        let label = match transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+        };
+        Ok(Self {
+            hub: state.hub.clone(),
+            conn: state.hub.next_conn(),
+            channels: Vec::new(),
+            _admission: admission,
+            _gauge: state.metrics.transport(label),
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for ch in &self.channels {
+            self.hub.unsubscribe(ch, self.conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacts_outside_strings() {
+        let raw =
+            RawValue::from_string(r#"{ "a" : [1, 2.50, "x y\" z" ], "b":	true }"#.into()).unwrap();
+        assert_eq!(compact(&raw).get(), r#"{"a":[1,2.50,"x y\" z"],"b":true}"#);
+    }
+
+    #[test]
+    fn query() {
+        let q = query_pairs(Some("channel=a&channel=room%3A1&x&lastEventId=ab.1+2"));
+        assert_eq!(q[0], ("channel".into(), "a".into()));
+        assert_eq!(q[1], ("channel".into(), "room:1".into()));
+        assert_eq!(q[2], ("x".into(), "".into()));
+        assert_eq!(q[3], ("lastEventId".into(), "ab.1 2".into()));
+    }
+}

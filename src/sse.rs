@@ -1,0 +1,248 @@
+//! Server-Sent Events (SPEC §5): `GET` on an `sse` route opens a stream of the route's
+//! (or the query's) channels.
+//!
+//! Framing: first `retry: 2000` with the stream's current cursor as `id:` (so a client
+//! that drops before any event still resumes without a gap), then `event: reset` when
+//! history could not fill the gap, the replayed history, then live events; `: ping`
+//! comments every `heartbeat.interval`. Every refusal happens before the stream starts,
+//! as a JSON error. The stream ends when the connection is evicted (slow consumer) or
+//! on shutdown, after a last `retry:` with a random delay so clients reconnect spread out.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::value::RawValue;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::State;
+use crate::config::{Config, RouteConfig, Transport};
+use crate::proxy::Peer;
+use crate::realtime::{self, Session};
+use crate::respond::{Body, BoxError, Rejection};
+use crate::stream::{Opened, Stream};
+use crate::template::Params;
+
+/// Reconnection delay announced to clients, ms.
+const RETRY_MS: u64 = 2000;
+/// Flush a frame once this many bytes of events are batched.
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// `event:` and `data:` lines and the blank line, without `id:`.
+pub fn encode_body(event: Option<&str>, data: &RawValue) -> String {
+    let mut out = String::with_capacity(data.get().len() + 32);
+    if let Some(ev) = event {
+        let _ = writeln!(out, "event: {ev}");
+    }
+    match serde_json::from_str::<String>(data.get()) {
+        Ok(text) if data.get().starts_with('"') => {
+            for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+                let _ = writeln!(out, "data: {line}");
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "data: {}", data.get());
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Opens an SSE stream or refuses before it starts.
+pub async fn open(
+    state: &Arc<State>,
+    config: &Arc<Config>,
+    route: &RouteConfig,
+    params: Params,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    if req.method() != Method::GET {
+        return Err(Rejection::json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "bad_request",
+            "SSE streams are opened with GET",
+        ));
+    }
+    let query = realtime::query_pairs(req.uri().query());
+    let identity = realtime::identify(config)?;
+    let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
+    let last_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(k, _)| k == "lastEventId")
+                .map(|(_, v)| v.clone())
+        });
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse)?;
+    let (stream, opened) = Stream::open(
+        session,
+        channels,
+        last_id.as_deref(),
+        config.limits.subscriber_queue,
+    );
+    let body = EventStream::new(state, config, stream, opened);
+    let mut res = Response::new(body.boxed());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+/// The response body: a never-buffering event stream.
+struct EventStream {
+    stream: Stream,
+    head: Option<Bytes>,
+    heartbeat: tokio::time::Interval,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Upper bound of the random reconnect delay announced at shutdown.
+    spread: Duration,
+    done: bool,
+}
+
+impl EventStream {
+    fn new(state: &State, config: &Config, mut stream: Stream, opened: Opened) -> Self {
+        let mut head = BytesMut::new();
+        let _ = write!(head, "retry: {RETRY_MS}\nid: ");
+        stream.write_cursor(&mut head);
+        head.extend_from_slice(b"\n\n");
+        if !opened.reset.is_empty() {
+            let channels: Vec<&str> = opened.reset.iter().map(|c| c.as_str()).collect();
+            head.extend_from_slice(b"id: ");
+            stream.write_cursor(&mut head);
+            let data = serde_json::json!({ "channels": channels });
+            let _ = write!(head, "\nevent: reset\ndata: {data}\n\n");
+        }
+        for msg in &opened.replay {
+            write_event(&mut head, &mut stream, msg);
+        }
+        let interval = config.heartbeat.interval;
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let evicted = Box::pin(stream.inbox.evicted().clone().cancelled_owned());
+        Self {
+            stream,
+            head: Some(head.freeze()),
+            heartbeat,
+            shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
+            evicted,
+            spread: config.shutdown_grace.max(Duration::from_secs(1)),
+            done: false,
+        }
+    }
+
+    fn farewell(&self) -> Bytes {
+        let jitter = spread_ms(self.stream.session.conn, self.spread);
+        Bytes::from(format!("retry: {}\n\n", RETRY_MS + jitter))
+    }
+}
+
+/// A pseudo-random delay in `[0, spread)` per connection, so reconnects spread out.
+pub fn spread_ms(conn: u64, spread: Duration) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(conn);
+    h.finish() % (spread.as_millis().max(1) as u64)
+}
+
+fn write_event(buf: &mut BytesMut, stream: &mut Stream, msg: &Arc<crate::hub::Message>) {
+    if stream.advance(msg) {
+        buf.extend_from_slice(b"id: ");
+        stream.write_cursor(buf);
+        buf.extend_from_slice(b"\n");
+    }
+    buf.extend_from_slice(&msg.sse_body());
+}
+
+impl http_body::Body for EventStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(this.farewell()))));
+        }
+        if this.evicted.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        let mut buf = BytesMut::new();
+        while buf.len() < BATCH_BYTES {
+            match this.stream.inbox.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => write_event(&mut buf, &mut this.stream, &msg),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !buf.is_empty() {
+            this.heartbeat.reset();
+            return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": ping\n\n")))));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.into()).unwrap()
+    }
+
+    #[test]
+    fn frames() {
+        assert_eq!(
+            encode_body(Some("chat"), &raw(r#"{"a":1}"#)),
+            "event: chat\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            encode_body(None, &raw(r#""hi\nthere""#)),
+            "data: hi\ndata: there\n\n"
+        );
+        assert_eq!(
+            encode_body(None, &raw(r#""a\r\nb\rc""#)),
+            "data: a\ndata: b\ndata: c\n\n"
+        );
+        assert_eq!(encode_body(None, &raw("42")), "data: 42\n\n");
+        assert_eq!(encode_body(None, &raw(r#""""#)), "data: \n\n");
+    }
+}

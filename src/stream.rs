@@ -1,0 +1,107 @@
+//! A multi-channel subscription with one cursor, shared by SSE and long-poll.
+//!
+//! Owns: resuming every channel of a stream from one [`Cursor`] and moving that cursor
+//! as messages are sent. Positions are kept in the stream's sorted channel order.
+
+use std::sync::Arc;
+
+use crate::hub::cursor::{Cursor, Epoch};
+use crate::hub::{Inbox, Message, Retention, Since, outbox};
+use crate::names::ChannelName;
+use crate::realtime::Session;
+
+/// A live multi-channel subscription.
+pub struct Stream {
+    pub session: Session,
+    pub inbox: Inbox,
+    epoch: Epoch,
+    /// Last seq covered per channel, aligned with `session.channels` (sorted).
+    positions: Vec<u64>,
+}
+
+/// What opening a stream produced besides the stream.
+pub struct Opened {
+    /// History to send first, in id order (already merged across channels).
+    pub replay: Vec<Arc<Message>>,
+    /// Channels whose history could not fill the gap since the cursor.
+    pub reset: Vec<ChannelName>,
+}
+
+impl Stream {
+    /// Subscribes `session` to `channels` (sorted, deduplicated), resuming from `cursor`.
+    pub fn open(
+        mut session: Session,
+        channels: Vec<(ChannelName, Retention)>,
+        cursor: Option<&str>,
+        queue: usize,
+    ) -> (Self, Opened) {
+        let hub = session.hub.clone();
+        let (outbox, inbox) = outbox(session.conn, queue);
+        // A cursor for another channel list cannot be mapped position by position.
+        let cursor = cursor
+            .and_then(Cursor::parse)
+            .map(|c| (c.positions.len() == channels.len()).then_some(c));
+        let mut replay = Vec::new();
+        let mut reset = Vec::new();
+        let mut positions = Vec::with_capacity(channels.len());
+        for (i, (name, retention)) in channels.into_iter().enumerate() {
+            let since = match &cursor {
+                Some(Some(c)) => Since::After {
+                    epoch: c.epoch,
+                    seq: c.positions[i],
+                },
+                // Unparseable or mismatched cursor: resume is impossible; say so.
+                Some(None) => Since::After {
+                    epoch: Epoch(0),
+                    seq: 0,
+                },
+                None => Since::Live,
+            };
+            let sub = hub.subscribe(&name, &outbox, since, retention);
+            positions.push(match since {
+                Since::After { seq, .. } if sub.recovered => seq,
+                _ => sub.position,
+            });
+            if !sub.recovered {
+                reset.push(name.clone());
+            }
+            replay.extend(sub.replay);
+            session.channels.push(name);
+        }
+        replay.sort_by_key(|m| m.id);
+        let epoch = hub.epoch();
+        (
+            Self {
+                session,
+                inbox,
+                epoch,
+                positions,
+            },
+            Opened { replay, reset },
+        )
+    }
+
+    /// Moves the cursor past `msg`; `false` for ephemeral messages (no id, no move).
+    pub fn advance(&mut self, msg: &Message) -> bool {
+        let Some(id) = msg.id else { return false };
+        if let Ok(i) = self.session.channels.binary_search(&msg.channel) {
+            self.positions[i] = self.positions[i].max(id.seq);
+        }
+        true
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            positions: self.positions.clone(),
+        }
+    }
+
+    /// Writes the cursor text into `out` (no allocation beyond `out`).
+    pub fn write_cursor(&self, out: &mut impl std::fmt::Write) {
+        let _ = write!(out, "{}", self.epoch);
+        for p in &self.positions {
+            let _ = write!(out, ".{p}");
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! WebSocket transport (SPEC §4): the handshake on a `websocket` route, then one session
+//! task per connection speaking the JSON protocol.
+//!
+//! The 101 is returned at once and the session runs on the shutdown tracker (hyper
+//! forgets upgraded connections). Identity is settled inside the session so failures
+//! become close codes 4001–4003. The loop only selects; each arm calls a named function.
+//! tungstenite sends no close frame on errors, so protocol errors (1002), invalid UTF-8
+//! (1007) and oversized messages (1009) are mapped and sent here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
+};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
+
+use crate::State;
+use crate::config::{ClientPublish, Config, RouteConfig, Transport};
+use crate::hub::cursor::MessageId;
+use crate::hub::{Inbox, Message, Outbox, Since, outbox};
+use crate::protocol::{self, ClientMsg, ErrorCode, close_code};
+use crate::proxy::{Peer, connection_has};
+use crate::realtime::{self, Identity, Publish, Session};
+use crate::respond::{Body, Rejection, empty};
+use crate::template::Params;
+
+/// Read buffer per connection: small, because idle connections dominate memory.
+const READ_BUFFER: usize = 4 * 1024;
+/// Writes are batched up to this before they reach the socket.
+const WRITE_BUFFER: usize = 8 * 1024;
+/// Queued-but-unsent bytes allowed before a write fails (backpressure bound).
+const MAX_WRITE_BUFFER: usize = 1 << 20;
+/// Messages written per flush when several are queued.
+const BATCH: usize = 64;
+/// How long the closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Rate-limit violations in a row before the connection is closed with 1008.
+const MAX_STRIKES: u32 = 10;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Validates the handshake, admits the connection and answers 101.
+pub fn upgrade(
+    state: &Arc<State>,
+    config: &Arc<Config>,
+    route: &RouteConfig,
+    params: Params,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    let key = handshake_key(&req)?;
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::WebSocket)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ctx = Context {
+        state: Arc::clone(state),
+        config: Arc::clone(config),
+        route: route.clone(),
+        params,
+    };
+    state.shutdown.spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => run(ctx, session, io).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut res = Response::new(empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(res)
+}
+
+fn bad(message: &str) -> Rejection {
+    Rejection::json(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Checks RFC 6455 §4.2.1 and returns the client's key.
+fn handshake_key(req: &Request<Incoming>) -> Result<String, Rejection> {
+    let h = req.headers();
+    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
+        return Err(bad("a WebSocket handshake is an HTTP/1.1 GET"));
+    }
+    let is_ws = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_ws || !connection_has(h, "upgrade") {
+        return Err(bad("this endpoint needs a WebSocket upgrade"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = Rejection::json(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "Sec-WebSocket-Version must be 13",
+        );
+        r.headers.push((
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        ));
+        return Err(r);
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    if key.len() != 24 || !key.ends_with("==") {
+        return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    Ok(key.to_owned())
+}
+
+struct Context {
+    state: Arc<State>,
+    config: Arc<Config>,
+    route: RouteConfig,
+    params: Params,
+}
+
+/// One connection's state inside its task.
+struct Conn {
+    ctx: Context,
+    ws: Ws,
+    session: Session,
+    identity: Identity,
+    outbox: Outbox,
+    inbox: Inbox,
+    limiter: governor::DefaultDirectRateLimiter,
+    strikes: u32,
+    last_seen: Instant,
+}
+
+/// Why a session ended; decides the close frame.
+enum End {
+    /// The client left or the socket failed: nothing more to send.
+    Gone,
+    Close(u16, &'static str),
+}
+
+fn ws_config(config: &Config) -> WebSocketConfig {
+    let max = config.limits.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER.max(max * 2))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+async fn run(ctx: Context, session: Session, io: Upgraded) {
+    let mut ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        Role::Server,
+        Some(ws_config(&ctx.config)),
+    )
+    .await;
+    let identity = match realtime::identify(&ctx.config) {
+        Ok(id) => id,
+        Err(e) => return close(&mut ws, e.close_code(), "Authentication required").await,
+    };
+    let (outbox, inbox) = outbox(session.conn, ctx.config.limits.subscriber_queue);
+    let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
+    let mut conn = Conn {
+        ctx,
+        ws,
+        session,
+        identity,
+        outbox,
+        inbox,
+        limiter,
+        strikes: 0,
+        last_seen: Instant::now(),
+    };
+    let end = match conn.start().await {
+        Ok(()) => conn.serve().await,
+        Err(end) => end,
+    };
+    if let End::Close(code, reason) = end {
+        close(&mut conn.ws, code, reason).await;
+    }
+}
+
+/// Sends a close frame and waits (bounded) for the client's reply so the closing
+/// handshake completes cleanly.
+async fn close(ws: &mut Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+impl Conn {
+    /// `welcome`, then the route's own channels.
+    async fn start(&mut self) -> Result<(), End> {
+        let conn_name = self.ctx.state.hub.conn_name(self.session.conn);
+        let welcome = protocol::encode(
+            "welcome",
+            json!({ "user": self.identity.user, "connection": conn_name }),
+            None,
+        );
+        self.send(welcome).await?;
+        for template in self.ctx.route.channels.clone() {
+            match template.fill(&self.ctx.params, self.identity.user.as_deref()) {
+                Ok(name) => self.subscribe(name.as_str(), None, None).await?,
+                Err(_) => {
+                    return Err(End::Close(
+                        close_code::AUTH_REQUIRED,
+                        "Authentication required",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> End {
+        let interval = self.ctx.config.heartbeat.interval;
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.ctx.state.shutdown.clone();
+        let evicted = self.inbox.evicted().clone();
+        loop {
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(End::Close(close_code::GOING_AWAY, "server shutting down")),
+                () = evicted.cancelled() => Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor")),
+                Some(msg) = self.inbox.recv() => self.deliver(msg).await,
+                frame = self.ws.next() => self.on_frame(frame).await,
+                _ = heartbeat.tick() => self.heartbeat().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Writes one frame, bounded by the heartbeat timeout (a peer that stops reading
+    /// must not pin this task forever).
+    async fn send(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
+        let timeout = self.ctx.config.heartbeat.timeout;
+        match tokio::time::timeout(timeout, self.ws.send(Frame::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    /// Sends `first` and whatever else is queued, then flushes once.
+    async fn deliver(&mut self, first: Arc<Message>) -> Result<(), End> {
+        let timeout = self.ctx.config.heartbeat.timeout;
+        let mut next = Some(first);
+        let write = async {
+            let mut n = 0;
+            while let Some(msg) = next.take() {
+                if self.session.channels.contains(&msg.channel) {
+                    self.ws.feed(Frame::Text(msg.ws_frame())).await?;
+                }
+                n += 1;
+                if n < BATCH {
+                    next = self.inbox.try_recv();
+                }
+            }
+            self.ws.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), End> {
+        if self.last_seen.elapsed() >= self.ctx.config.heartbeat.timeout {
+            self.ctx.state.metrics.eviction("heartbeat_timeout");
+            return Err(End::Close(close_code::GOING_AWAY, "heartbeat timeout"));
+        }
+        let timeout = self.ctx.config.heartbeat.timeout;
+        match tokio::time::timeout(timeout, self.ws.send(Frame::Ping(Default::default()))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Frame, WsError>>) -> Result<(), End> {
+        let frame = match frame {
+            None => return Err(End::Gone),
+            Some(Err(e)) => return Err(self.on_error(e)),
+            Some(Ok(f)) => f,
+        };
+        self.last_seen = Instant::now();
+        match frame {
+            Frame::Text(text) => {
+                if self.rate_limited().await? {
+                    return Ok(());
+                }
+                self.on_text(&text).await
+            }
+            Frame::Binary(_) => {
+                if self.rate_limited().await? {
+                    return Ok(());
+                }
+                self.send(protocol::error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text",
+                    None,
+                ))
+                .await
+            }
+            // Pings are answered by tungstenite on the next write; the Close reply too,
+            // once we keep reading until the stream ends.
+            Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => {
+                self.ws.flush().await.map_err(|_| End::Gone)
+            }
+            Frame::Close(_) => {
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await
+                {}
+                Err(End::Gone)
+            }
+        }
+    }
+
+    fn on_error(&self, e: WsError) -> End {
+        let (code, reason, why) = match e {
+            WsError::Capacity(_) => (close_code::TOO_LARGE, "message too large", "too_large"),
+            WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8", "invalid_utf8"),
+            WsError::Protocol(_) => (close_code::PROTOCOL, "protocol error", "protocol_error"),
+            _ => return End::Gone,
+        };
+        self.ctx.state.metrics.eviction(why);
+        End::Close(code, reason)
+    }
+
+    /// Applies `client_rate`; `Ok(true)` means the frame was refused with `rate_limited`.
+    async fn rate_limited(&mut self) -> Result<bool, End> {
+        if self.limiter.check().is_ok() {
+            self.strikes = 0;
+            return Ok(false);
+        }
+        self.strikes += 1;
+        if self.strikes > MAX_STRIKES {
+            self.ctx.state.metrics.eviction("rate_limit");
+            return Err(End::Close(
+                close_code::POLICY,
+                "rate limit exceeded repeatedly",
+            ));
+        }
+        self.send(protocol::error(
+            ErrorCode::RateLimited,
+            "too many messages; slow down",
+            None,
+        ))
+        .await?;
+        Ok(true)
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let (msg, reference) = match protocol::parse(text) {
+            Ok(pair) => pair,
+            Err(bad) => {
+                let frame = protocol::error(
+                    ErrorCode::BadRequest,
+                    &bad.message,
+                    bad.reference.as_deref(),
+                );
+                return self.send(frame).await;
+            }
+        };
+        let r = reference.as_deref();
+        match msg {
+            ClientMsg::Subscribe { channel, since } => {
+                self.subscribe(&channel, since.as_deref(), r).await
+            }
+            ClientMsg::Unsubscribe { channel } => self.unsubscribe(&channel, r).await,
+            ClientMsg::Publish {
+                channel,
+                event,
+                data,
+            } => self.publish(&channel, event.as_deref(), &data, r).await,
+            ClientMsg::Presence { channel } => {
+                let frame = protocol::error(
+                    ErrorCode::BadRequest,
+                    &format!("presence is not enabled on {channel}"),
+                    r,
+                );
+                self.send(frame).await
+            }
+            ClientMsg::Ping => self.send(protocol::encode("pong", json!({}), r)).await,
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<&str>,
+        r: Option<&RawValue>,
+    ) -> Result<(), End> {
+        let config = Arc::clone(&self.ctx.config);
+        let checked = realtime::channel_name(channel).and_then(|name| {
+            let policy = realtime::authorize(&config, &self.identity, &name)?;
+            Ok((name, realtime::retention(policy)))
+        });
+        let (name, retention) = match checked {
+            Ok(pair) => pair,
+            Err(e) => return self.send(protocol::error(e.code, &e.message, r)).await,
+        };
+        if !self.session.channels.contains(&name)
+            && self.session.channels.len() >= config.limits.max_channels_per_connection
+        {
+            let msg = format!(
+                "at most {} channels per connection",
+                config.limits.max_channels_per_connection
+            );
+            return self
+                .send(protocol::error(ErrorCode::Forbidden, &msg, r))
+                .await;
+        }
+        let since = match since {
+            None => Since::Live,
+            Some(text) => match MessageId::parse(text) {
+                Some(id) => Since::After {
+                    epoch: crate::hub::cursor::Epoch(id.epoch),
+                    seq: id.seq,
+                },
+                None => Since::After {
+                    epoch: crate::hub::cursor::Epoch(0),
+                    seq: 0,
+                },
+            },
+        };
+        let sub = self
+            .ctx
+            .state
+            .hub
+            .subscribe(&name, &self.outbox, since, retention);
+        if sub.added {
+            self.session.channels.push(name.clone());
+        }
+        let reply = protocol::encode(
+            "subscribed",
+            json!({ "channel": name.as_str(), "recovered": sub.recovered }),
+            r,
+        );
+        self.send(reply).await?;
+        for msg in sub.replay {
+            self.ws
+                .feed(Frame::Text(msg.ws_frame()))
+                .await
+                .map_err(|_| End::Gone)?;
+        }
+        self.ws.flush().await.map_err(|_| End::Gone)
+    }
+
+    async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
+        let name = match realtime::channel_name(channel) {
+            Ok(n) => n,
+            Err(e) => return self.send(protocol::error(e.code, &e.message, r)).await,
+        };
+        self.ctx.state.hub.unsubscribe(&name, self.session.conn);
+        self.session.channels.retain(|c| c != &name);
+        self.send(protocol::encode(
+            "unsubscribed",
+            json!({ "channel": name.as_str() }),
+            r,
+        ))
+        .await
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &str,
+        event: Option<&str>,
+        data: &RawValue,
+        r: Option<&RawValue>,
+    ) -> Result<(), End> {
+        let config = Arc::clone(&self.ctx.config);
+        let result = realtime::channel_name(channel).and_then(|name| {
+            let policy = realtime::authorize(&config, &self.identity, &name)?;
+            match policy.client_publish {
+                ClientPublish::Broadcast => {}
+                ClientPublish::Deny => {
+                    return Err(realtime::ChannelError {
+                        code: ErrorCode::Forbidden,
+                        message: format!("clients may not publish on {name}"),
+                    });
+                }
+                ClientPublish::Backend => {
+                    return Err(realtime::ChannelError {
+                        code: ErrorCode::Unavailable,
+                        message:
+                            "publishing through the backend webhook is not available in this build"
+                                .into(),
+                    });
+                }
+            }
+            let (draft, retention) = realtime::prepare(
+                &config,
+                &Publish {
+                    channel: &name,
+                    event,
+                    data,
+                    exclude: None,
+                },
+            )?;
+            let id = realtime::publish(&self.ctx.state, draft, retention)?;
+            Ok((name, id))
+        });
+        let frame = match result {
+            Ok((name, id)) => protocol::encode(
+                "published",
+                json!({ "channel": name.as_str(), "id": id.map(|i| i.to_string()) }),
+                r,
+            ),
+            Err(e) => protocol::error(e.code, &e.message, r),
+        };
+        self.send(frame).await
+    }
+}
