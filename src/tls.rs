@@ -23,6 +23,8 @@ use crate::shutdown::Shutdown;
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: unreadable PEM certificate: {detail}")]
+    BadCert { path: PathBuf, detail: String },
     #[error("{path}: no PEM certificate found")]
     NoCert { path: PathBuf },
     #[error("{path}: no usable PEM private key: {detail}")]
@@ -134,8 +136,11 @@ async fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 async fn build(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_pem = read(cert_path).await?;
     let key_pem = read(key_path).await?;
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
+    // One unreadable block fails the load: skipping it would serve an incomplete chain
+    // that clients reject, while the previous certificate still works.
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadCert { path: cert_path.to_owned(), detail: e.to_string() })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert { path: cert_path.to_owned() });
     }

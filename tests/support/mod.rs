@@ -1,5 +1,8 @@
 //! Test harness: a real sidewire on port 0 and a real fake backend on port 0.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a panic is the failure report
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
