@@ -8,6 +8,10 @@ use hyper::body::Incoming;
 use crate::State;
 use crate::respond::{Body, Rejection, text, with_body};
 
+/// prometheus-client writes OpenMetrics (`# TYPE x counter` over `x_total` samples, `# EOF`);
+/// labelled as the classic 0.0.4 text format, Prometheus would drop every counter's type.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Serves one admin request.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let config = state.config.load_full();
@@ -16,7 +20,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
         (&Method::GET, "/metrics") => Ok(with_body(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            METRICS_CONTENT_TYPE,
             state.metrics.encode(),
         )),
         (&Method::POST, "/publish") => crate::publish::publish(state, &config, req).await,

@@ -77,7 +77,9 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
         }
     };
     let addrs = app.local_addrs();
-    tracing::info!(public = %addrs.public, tls = ?addrs.tls, admin = %addrs.admin, "listening");
+    // Plain `ip:port` values (no `Some(..)`): scripts and tests read the bound ports here.
+    let tls = addrs.tls.map(tracing::field::display);
+    tracing::info!(public = %addrs.public, tls, admin = %addrs.admin, "listening");
     let handle = app.handle();
     let running = app.run();
     tokio::pin!(running);

@@ -46,6 +46,12 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// Series created at zero on startup: Prometheus cannot tell a missing series from a
+/// silent one, so `rate(sidewire_upstream_errors_total[5m])` would show no data, not 0.
+/// `UPSTREAM_ERROR_KINDS` lists every `ProxyError::kind()`.
+const UPSTREAM_ERROR_KINDS: [&str; 4] = ["bad_request", "connect", "timeout", "failed"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Upstream latency buckets, seconds: 0.5 ms .. 30 s.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
@@ -124,6 +130,12 @@ impl Metrics {
             "Messages held in history rings",
             hub.history.clone(),
         );
+        for kind in UPSTREAM_ERROR_KINDS {
+            drop(upstream_errors.get_or_create(&KindLabel { kind }));
+        }
+        for class in STATUS_CLASSES {
+            drop(requests.get_or_create(&ClassLabel { class }));
+        }
         Self {
             registry,
             open_connections,

@@ -7,6 +7,7 @@
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,7 @@ use tracing::Instrument;
 use crate::State;
 use crate::proxy::Peer;
 use crate::respond::Body;
+use crate::shutdown::Shutdown;
 
 /// Pause after a failed `accept` (typically out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -45,10 +47,27 @@ impl Kind {
     }
 }
 
-fn builder(state: &State) -> auto::Builder<TokioExecutor> {
+/// Runs the tasks hyper spawns (one per HTTP/2 stream) on the shutdown tracker and in
+/// the connection's span: a bare `tokio::spawn` would drop `conn{peer, listener}` from
+/// their logs and hide them from the drain.
+#[derive(Clone)]
+struct Executor(Shutdown);
+
+impl<F> hyper::rt::Executor<F> for Executor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // hyper calls this while polling the connection, so the current span is its `conn`.
+        self.0.spawn(fut.in_current_span());
+    }
+}
+
+fn builder(state: &State) -> auto::Builder<Executor> {
     let config = state.config.load();
     let limits = &config.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = auto::Builder::new(Executor(state.shutdown.clone()));
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -109,7 +128,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, state: Arc<State>, builder: Arc<auto::Builder<TokioExecutor>>) {
+    async fn run(self, state: Arc<State>, builder: Arc<auto::Builder<Executor>>) {
         let _open = state.metrics.connection(self.kind.label());
         // Nagle only delays small realtime frames; the kernel coalesces bulk writes anyway.
         let _ = self.stream.set_nodelay(true);

@@ -26,6 +26,8 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: unreadable PEM certificate: {detail}")]
+    BadCert { path: PathBuf, detail: String },
     #[error("{path}: no PEM certificate found")]
     NoCert { path: PathBuf },
     #[error("{path}: no usable PEM private key: {detail}")]
@@ -151,9 +153,14 @@ async fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 async fn build(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_pem = read(cert_path).await?;
     let key_pem = read(key_path).await?;
+    // One unreadable block fails the load: skipping it would serve an incomplete chain
+    // that clients reject, while the previous certificate still works.
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .filter_map(Result::ok)
-        .collect();
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::BadCert {
+            path: cert_path.to_owned(),
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCert {
             path: cert_path.to_owned(),
