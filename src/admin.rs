@@ -25,7 +25,8 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         )),
         (&Method::POST, "/publish") => crate::publish::publish(state, &config, req).await,
         (&Method::GET, "/channels") => crate::publish::channels(state, &config, &req),
-        (_, "/publish" | "/channels") => Err(Rejection::json(
+        (&Method::GET, "/presence") => crate::publish::presence(state, &config, &req),
+        (_, "/publish" | "/channels" | "/presence") => Err(Rejection::json(
             StatusCode::METHOD_NOT_ALLOWED,
             "bad_request",
             "method not allowed",

@@ -16,12 +16,15 @@
 //!   cursor SSE and long-poll share; [`realtime`]: identity, channel policy, publishing.
 //! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: the publish API.
 //! - [`limits`]: connection admission and client message rate.
+//! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed
+//!   client messages and batched lifecycle events to the backend.
 //!
 //! # Startup
 //! `Config::load` (pure) → [`App::bind`] (binds every listener; `local_addrs()` tells
 //! tests the ports) → [`App::run`] until [`Handle::shutdown`], then drain.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
@@ -41,6 +44,7 @@ pub mod sse;
 pub mod stream;
 pub mod template;
 pub mod tls;
+pub mod webhook;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -72,6 +76,8 @@ pub struct State {
     pub broker: broker::Broker,
     pub limits: limits::Limits,
     pub idempotency: publish::Idempotency,
+    pub auth: auth::Auth,
+    pub lifecycle: webhook::Lifecycle,
 }
 
 /// How often expired history is swept from idle channels.
@@ -104,6 +110,8 @@ pub struct App {
     public: TcpListener,
     tls: Option<TcpListener>,
     admin: TcpListener,
+    /// Lifecycle webhook events, consumed by the sender task once running.
+    events: tokio::sync::mpsc::Receiver<serde_json::Value>,
 }
 
 /// Control of a running [`App`] from outside (signals, tests).
@@ -132,6 +140,7 @@ impl App {
             None => (None, None),
         };
         let metrics = Arc::new(Metrics::new());
+        let (lifecycle, events) = webhook::Lifecycle::new();
         let hub = hub::Hub::new(hub::cursor::Epoch::fresh(), metrics.hub.clone());
         let state = Arc::new(State {
             proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),
@@ -143,12 +152,15 @@ impl App {
             hub,
             limits: limits::Limits::default(),
             idempotency: publish::Idempotency::default(),
+            auth: auth::Auth::default(),
+            lifecycle,
         });
         Ok(Self {
             state,
             public,
             tls: tls_listener,
             admin,
+            events,
         })
     }
 
@@ -193,6 +205,7 @@ impl App {
             ));
         }
         sd.spawn(sweep(state.hub.clone(), sd.clone()));
+        sd.spawn(webhook::run(Arc::clone(&state), self.events, sd.clone()));
         tracing::info!("sidewire is serving");
         sd.cancelled().await;
         tracing::info!("shutting down: draining connections");

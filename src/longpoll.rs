@@ -63,13 +63,13 @@ pub async fn wait(
     }
     let query = realtime::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
-    let identity = realtime::identify(config)?;
+    let (_, identity) = realtime::identify(state, config, &req, &query, peer, "longpoll").await?;
     let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
     let since = query
         .iter()
         .find(|(k, _)| k == "since")
         .map(|(_, v)| v.as_str());
-    let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll)?;
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;
     let (mut stream, opened) =
         Stream::open(session, channels, since, config.limits.subscriber_queue);
     let mut messages = opened.replay;

@@ -37,6 +37,7 @@ pub struct Metrics {
     reloads: Family<KindLabel, Counter>,
     transports: Family<TransportLabel, Gauge>,
     evictions: Family<KindLabel, Counter>,
+    webhook_dropped: Family<KindLabel, Counter>,
     /// Handed to the hub, which records into them directly.
     pub hub: crate::hub::HubStats,
 }
@@ -130,6 +131,12 @@ impl Metrics {
             "Messages held in history rings",
             hub.history.clone(),
         );
+        let webhook_dropped = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "webhook_dropped",
+            "Lifecycle webhook events dropped, by reason",
+            webhook_dropped.clone(),
+        );
         for kind in UPSTREAM_ERROR_KINDS {
             drop(upstream_errors.get_or_create(&KindLabel { kind }));
         }
@@ -145,6 +152,7 @@ impl Metrics {
             reloads,
             transports,
             evictions,
+            webhook_dropped,
             hub,
         }
     }
@@ -174,6 +182,16 @@ impl Metrics {
         self.evictions
             .get_or_create(&KindLabel { kind: reason })
             .inc();
+    }
+
+    pub fn webhook_dropped(&self, reason: &'static str) {
+        self.webhook_dropped_n(reason, 1);
+    }
+
+    pub fn webhook_dropped_n(&self, reason: &'static str, n: u64) {
+        self.webhook_dropped
+            .get_or_create(&KindLabel { kind: reason })
+            .inc_by(n);
     }
 
     pub fn request(&self, status: http::StatusCode) {

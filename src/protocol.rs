@@ -169,8 +169,19 @@ struct MessageBody<'a> {
     data: &'a RawValue,
 }
 
-/// `message {channel, id, event?, data}`; encoded once per message (see `Message::ws_frame`).
+/// `message {channel, id, event?, data}` (or `join`/`leave {channel, user}`); encoded
+/// once per message (see `Message::ws_frame`).
 pub fn encode_message(msg: &Message) -> String {
+    if msg.kind != crate::hub::message::Kind::Publish {
+        let kind = if msg.kind == crate::hub::message::Kind::Join {
+            "join"
+        } else {
+            "leave"
+        };
+        // The data of a presence message is exactly `{"channel","user"}`.
+        let body: serde_json::Value = serde_json::from_str(msg.data.get()).unwrap_or_default();
+        return encode(kind, body, None);
+    }
     let body = MessageBody {
         channel: msg.channel.as_str(),
         id: msg.id.map(|id| id.to_string()),

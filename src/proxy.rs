@@ -198,7 +198,7 @@ pub async fn forward(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
-    let out = Request::from_parts(parts, body.map_err(Into::into).boxed());
+    let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
     let mut res = proxy.send(out, metrics).await?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status())
     {
@@ -207,7 +207,7 @@ pub async fn forward(
     strip_hop_headers(res.headers_mut());
     // hyper writes the status line from this field: answer in our own protocol version.
     *res.version_mut() = Version::HTTP_11;
-    Ok(res.map(|b| b.map_err(Into::into).boxed()))
+    Ok(res.map(|b| b.map_err(Into::into).boxed_unsync()))
 }
 
 /// Refuses requests whose length is ambiguous (request smuggling): several

@@ -279,6 +279,67 @@ fn publish_all(
         .map_err(Rejection::from)
 }
 
+/// Publishes a JSON array of messages in the publish API's item form (the `publish`
+/// list of a webhook answer); checked whole first, like a batch.
+pub fn publish_list(
+    state: &State,
+    config: &Config,
+    list: &serde_json::Value,
+) -> Result<Vec<Option<String>>, Rejection> {
+    // Items hold `RawValue`, which only deserializes from text.
+    let items: Vec<Item> = serde_json::from_str(&list.to_string())
+        .map_err(|e| bad(format!("malformed publish list: {e}")))?;
+    let checked = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| check(state, config, item, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ids = Vec::new();
+    for c in checked {
+        ids.extend(apply(state, c)?);
+    }
+    Ok(ids)
+}
+
+/// `GET /presence?channel=…`: users present on a presence channel of this instance.
+pub fn presence(
+    state: &State,
+    config: &Config,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    authorized(config, req)?;
+    let query = realtime::query_pairs(req.uri().query());
+    let name = query
+        .iter()
+        .find(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| bad("?channel= is required"))?;
+    let channel = realtime::channel_name(name)?;
+    let policy = realtime::policy(config, &channel).ok_or_else(|| {
+        Rejection::json(
+            StatusCode::BAD_REQUEST,
+            "unknown_channel",
+            format!("no channel policy matches {channel}"),
+        )
+    })?;
+    if !policy.presence {
+        return Err(bad(format!("presence is not enabled on {channel}")));
+    }
+    let users: Vec<serde_json::Value> = state
+        .hub
+        .presence(&channel)
+        .unwrap_or_default()
+        .into_iter()
+        .map(
+            |(user, n, info)| serde_json::json!({ "user": &*user, "connections": n, "info": info }),
+        )
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "channel": channel.as_str(), "users": users }),
+    ))
+}
+
 /// `GET /channels`: channels with subscribers on this instance.
 pub fn channels(
     state: &State,

@@ -12,65 +12,79 @@ use http::StatusCode;
 use serde_json::value::RawValue;
 
 use crate::State;
-use crate::config::{ChannelPolicy, Config, Transport};
+use crate::auth::{self, AuthRequest, Credential, Identity};
+use crate::config::{ChannelPolicy, Config, Transport, WebhookEvent};
+use crate::hub::Member;
 use crate::hub::cursor::MessageId;
-use crate::hub::{ConnId, Draft, Hub, Retention};
+use crate::hub::{ConnId, Draft, Hub, Outbox, Retention, Since, Subscribed};
 use crate::limits::{Admission, Refused};
 use crate::metrics::ConnectionGuard;
-use crate::names::{ChannelName, ChannelPattern};
-use crate::protocol::{ErrorCode, close_code};
+use crate::names::ChannelName;
+use crate::protocol::ErrorCode;
 use crate::respond::Rejection;
 use crate::template::{Params, USER_PARAM, percent_decode};
 
-/// Who a realtime client is.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// `None` for an anonymous client (`auth.anonymous`), who may use `public` channels only.
-    pub user: Option<String>,
-    /// Channel patterns the user may subscribe to.
-    pub patterns: Vec<ChannelPattern>,
-    pub info: Option<serde_json::Value>,
-}
-
-impl Identity {
-    pub fn anonymous() -> Self {
-        Self {
-            user: None,
-            patterns: Vec::new(),
-            info: None,
-        }
-    }
-}
-
-/// Why a client may not connect at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("Authentication required")]
-    Missing,
-}
-
-impl AuthError {
-    pub fn close_code(&self) -> u16 {
-        match self {
-            AuthError::Missing => close_code::AUTH_REQUIRED,
-        }
-    }
-}
-
-impl From<AuthError> for Rejection {
-    fn from(e: AuthError) -> Self {
-        Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-    }
-}
-
-/// Identifies a client. Until the backend auth call is configured, only anonymous
-/// clients are admitted, and only when `auth.anonymous` is set.
-pub fn identify(config: &Config) -> Result<Identity, AuthError> {
-    if config.auth.anonymous {
-        Ok(Identity::anonymous())
+/// Checks `Origin` against `limits.origins` (default: same host only). A request without
+/// `Origin` (not from a browser) passes: browsers always send it cross-site.
+pub fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), Rejection> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let allowed = if config.limits.origins.is_empty() {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
     } else {
-        Err(AuthError::Missing)
+        config
+            .limits
+            .origins
+            .iter()
+            .any(|o| o == "*" || *o == origin)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Rejection::json(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "origin not allowed",
+        ))
     }
+}
+
+/// Identifies the client of a realtime request (credential, then the auth cache or the
+/// backend), after the origin check.
+pub async fn identify(
+    state: &State,
+    config: &Config,
+    req: &http::Request<hyper::body::Incoming>,
+    query: &[(String, String)],
+    peer: crate::proxy::Peer,
+    transport: &'static str,
+) -> Result<(Option<Credential>, Arc<Identity>), Rejection> {
+    check_origin(config, req.headers())?;
+    let cred = auth::credential(&config.auth, req.headers(), query, peer);
+    let channels = query
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let ask = AuthRequest {
+        transport,
+        path: req.uri().path(),
+        channels,
+    };
+    let identity = state.auth.identify(state, cred.as_ref(), ask).await?;
+    Ok((cred, identity))
 }
 
 /// The policy of the first `channels` entry matching `name`.
@@ -144,6 +158,7 @@ pub fn authorize<'a>(
 
 pub fn retention(policy: &ChannelPolicy) -> Retention {
     Retention {
+        presence: policy.presence,
         size: policy.history_size,
         ttl: policy.history_ttl,
     }
@@ -329,6 +344,11 @@ pub struct Session {
     pub hub: Hub,
     pub conn: ConnId,
     pub channels: Vec<ChannelName>,
+    pub identity: Arc<Identity>,
+    /// The user as presence sees it (`None` when anonymous).
+    pub member: Option<Arc<Member>>,
+    transport: &'static str,
+    state: Arc<State>,
     _admission: Admission,
     _gauge: ConnectionGuard,
 }
@@ -340,20 +360,95 @@ impl Session {
         config: &Config,
         ip: IpAddr,
         transport: Transport,
+        identity: Arc<Identity>,
     ) -> Result<Self, Refused> {
         let admission = state.limits.admit(ip, &config.limits)?;
+        Ok(Self::with_admission(state, admission, transport, identity))
+    }
+
+    /// A session for a connection already admitted (WebSocket: limits are checked before
+    /// the upgrade, identity after it).
+    pub fn with_admission(
+        state: &Arc<State>,
+        admission: Admission,
+        transport: Transport,
+        identity: Arc<Identity>,
+    ) -> Self {
         let label = match transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
         };
-        Ok(Self {
+        let member = identity.user.as_deref().map(|u| {
+            Arc::new(Member {
+                user: u.into(),
+                info: identity.info.clone(),
+            })
+        });
+        let session = Self {
             hub: state.hub.clone(),
             conn: state.hub.next_conn(),
             channels: Vec::new(),
+            identity,
+            member,
+            transport: label,
+            state: Arc::clone(state),
             _admission: admission,
             _gauge: state.metrics.transport(label),
-        })
+        };
+        // Long-polls come and go every few seconds: only streams count as connections.
+        if transport != Transport::LongPoll {
+            session.emit(WebhookEvent::Connect, None);
+        }
+        session
+    }
+
+    /// Queues a lifecycle webhook event about this connection (never waits).
+    pub fn emit(&self, kind: WebhookEvent, channel: Option<&ChannelName>) {
+        let name = match kind {
+            WebhookEvent::Message => "message",
+            WebhookEvent::Connect => "connect",
+            WebhookEvent::Disconnect => "disconnect",
+            WebhookEvent::Subscribe => "subscribe",
+            WebhookEvent::Unsubscribe => "unsubscribe",
+        };
+        let mut event = serde_json::json!({
+            "type": name,
+            "connection": self.hub.conn_name(self.conn),
+            "user": self.identity.user,
+            "info": self.identity.info,
+            "transport": self.transport,
+        });
+        if let Some(ch) = channel {
+            event["channel"] = ch.as_str().into();
+        }
+        self.state.lifecycle.emit(&self.state, kind, event);
+    }
+
+    /// Subscribes this connection to `name` and records it (emits `subscribe`).
+    pub fn subscribe(
+        &mut self,
+        name: &ChannelName,
+        outbox: &Outbox,
+        since: Since,
+        retention: Retention,
+    ) -> Subscribed {
+        let sub = self.hub.subscribe(name, outbox, since, retention);
+        if sub.added {
+            self.channels.push(name.clone());
+            if self.transport != "longpoll" {
+                self.emit(WebhookEvent::Subscribe, Some(name));
+            }
+        }
+        sub
+    }
+
+    /// Unsubscribes from `name` (emits `unsubscribe`).
+    pub fn unsubscribe(&mut self, name: &ChannelName) {
+        if self.hub.unsubscribe(name, self.conn) {
+            self.emit(WebhookEvent::Unsubscribe, Some(name));
+        }
+        self.channels.retain(|c| c != name);
     }
 }
 
@@ -361,6 +456,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         for ch in &self.channels {
             self.hub.unsubscribe(ch, self.conn);
+        }
+        if self.transport != "longpoll" {
+            self.emit(WebhookEvent::Disconnect, None);
         }
     }
 }

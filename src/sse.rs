@@ -73,7 +73,7 @@ pub async fn open(
         ));
     }
     let query = realtime::query_pairs(req.uri().query());
-    let identity = realtime::identify(config)?;
+    let (cred, identity) = realtime::identify(state, config, &req, &query, peer, "sse").await?;
     let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
     let last_id = req
         .headers()
@@ -86,15 +86,20 @@ pub async fn open(
                 .find(|(k, _)| k == "lastEventId")
                 .map(|(_, v)| v.clone())
         });
-    let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse)?;
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
     let (stream, opened) = Stream::open(
         session,
         channels,
         last_id.as_deref(),
         config.limits.subscriber_queue,
     );
-    let body = EventStream::new(state, config, stream, opened);
-    let mut res = Response::new(body.boxed());
+    let recheck = Recheck {
+        state: Arc::clone(state),
+        cred,
+        path: req.uri().path().to_owned(),
+    };
+    let body = EventStream::new(state, config, stream, opened, recheck);
+    let mut res = Response::new(body.boxed_unsync());
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -105,9 +110,45 @@ pub async fn open(
     Ok(res)
 }
 
+/// What re-checking the client's identity at its TTL needs.
+struct Recheck {
+    state: Arc<State>,
+    cred: Option<crate::auth::Credential>,
+    path: String,
+}
+
+type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Recheck {
+    fn arm(
+        &self,
+        identity: Arc<crate::auth::Identity>,
+    ) -> Pending<Result<Arc<crate::auth::Identity>, crate::auth::AuthError>> {
+        Box::pin(crate::auth::recheck(
+            Arc::clone(&self.state),
+            self.cred.clone(),
+            identity,
+            "sse",
+            self.path.clone(),
+        ))
+    }
+
+    /// Whether a refreshed identity still covers every channel of the stream.
+    fn still_allowed(&self, identity: &crate::auth::Identity, stream: &Stream) -> bool {
+        let config = self.state.config.load();
+        stream
+            .session
+            .channels
+            .iter()
+            .all(|c| realtime::authorize(&config, identity, c).is_ok())
+    }
+}
+
 /// The response body: a never-buffering event stream.
 struct EventStream {
     stream: Stream,
+    recheck: Recheck,
+    expiry: Pending<Result<Arc<crate::auth::Identity>, crate::auth::AuthError>>,
     head: Option<Bytes>,
     heartbeat: tokio::time::Interval,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -118,7 +159,13 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(state: &State, config: &Config, mut stream: Stream, opened: Opened) -> Self {
+    fn new(
+        state: &State,
+        config: &Config,
+        mut stream: Stream,
+        opened: Opened,
+        recheck: Recheck,
+    ) -> Self {
         let mut head = BytesMut::new();
         let _ = write!(head, "retry: {RETRY_MS}\nid: ");
         stream.write_cursor(&mut head);
@@ -138,8 +185,11 @@ impl EventStream {
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let evicted = Box::pin(stream.inbox.evicted().clone().cancelled_owned());
+        let expiry = recheck.arm(Arc::clone(&stream.session.identity));
         Self {
             stream,
+            recheck,
+            expiry,
             head: Some(head.freeze()),
             heartbeat,
             shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
@@ -194,6 +244,20 @@ impl http_body::Body for EventStream {
         if this.evicted.as_mut().poll(cx).is_ready() {
             this.done = true;
             return Poll::Ready(None);
+        }
+        // Loop so a re-armed check is polled (and its timer registered) at once.
+        while let Poll::Ready(verdict) = this.expiry.as_mut().poll(cx) {
+            match verdict {
+                Ok(identity) if this.recheck.still_allowed(&identity, &this.stream) => {
+                    this.stream.session.identity = Arc::clone(&identity);
+                    this.expiry = this.recheck.arm(identity);
+                }
+                // Refused now: end the stream; the reconnect gets the 401/403.
+                _ => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+            }
         }
         let mut buf = BytesMut::new();
         while buf.len() < BATCH_BYTES {

@@ -36,7 +36,7 @@ impl Stream {
         queue: usize,
     ) -> (Self, Opened) {
         let hub = session.hub.clone();
-        let (outbox, inbox) = outbox(session.conn, queue);
+        let (outbox, inbox) = outbox(session.conn, session.member.clone(), queue);
         // A cursor for another channel list cannot be mapped position by position.
         let cursor = cursor
             .and_then(Cursor::parse)
@@ -57,7 +57,7 @@ impl Stream {
                 },
                 None => Since::Live,
             };
-            let sub = hub.subscribe(&name, &outbox, since, retention);
+            let sub = session.subscribe(&name, &outbox, since, retention);
             positions.push(match since {
                 Since::After { seq, .. } if sub.recovered => seq,
                 _ => sub.position,
@@ -66,7 +66,6 @@ impl Stream {
                 reset.push(name.clone());
             }
             replay.extend(sub.replay);
-            session.channels.push(name);
         }
         replay.sort_by_key(|m| m.id);
         let epoch = hub.epoch();

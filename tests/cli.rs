@@ -458,7 +458,7 @@ async fn send_secrets(sw: &Sidewire) {
     for client in [http(), h2c] {
         for (path, want) in [
             ("/app/page", 200),
-            ("/events", 401),
+            ("/events", 503),
             ("/_sidewire/nope", 404),
         ] {
             let res = client

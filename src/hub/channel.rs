@@ -10,12 +10,15 @@ use tokio::time::Instant;
 
 use super::message::{ConnId, Message};
 use super::outbox::{Offer, Outbox};
+use super::presence::Presence;
+use crate::names::ChannelName;
 
-/// History limits of a channel, from its policy.
+/// What the hub needs of a channel's policy: history limits and presence.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub size: usize,
     pub ttl: Duration,
+    pub presence: bool,
 }
 
 /// Outcome of fanning one message out.
@@ -34,6 +37,10 @@ pub struct Channel {
     floor: u64,
     /// Limits from the channel's policy, refreshed on every publish and subscribe.
     pub retention: Retention,
+    /// Present users, when the policy enables presence.
+    presence: Option<Presence>,
+    /// `leave`s caused by evictions during a fan-out, announced right after it.
+    pending_leaves: Vec<Arc<Message>>,
 }
 
 impl Channel {
@@ -44,7 +51,13 @@ impl Channel {
             history: VecDeque::new(),
             floor: head,
             retention,
+            presence: retention.presence.then(Presence::default),
+            pending_leaves: Vec::new(),
         }
+    }
+
+    pub fn presence(&self) -> Option<&Presence> {
+        self.presence.as_ref()
     }
 
     pub fn subscribers(&self) -> usize {
@@ -59,23 +72,37 @@ impl Channel {
         self.subscribers.is_empty() && self.history.is_empty()
     }
 
-    /// Adds (or replaces) a subscriber.
-    pub fn add(&mut self, outbox: &Outbox) -> bool {
+    /// Adds a subscriber; `None` when it already was one, else the `join` to announce
+    /// (when this is the user's first connection on a presence channel).
+    pub fn add(&mut self, name: &ChannelName, outbox: &Outbox) -> Option<Option<Arc<Message>>> {
         if self.subscribers.iter().any(|o| o.conn == outbox.conn) {
-            return false;
+            return None;
         }
         self.subscribers.push(outbox.clone());
-        true
+        let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
+            return Some(None);
+        };
+        Some(
+            presence
+                .join(member)
+                .then(|| Arc::new(Message::presence(name.clone(), true, &member.user))),
+        )
     }
 
-    pub fn remove(&mut self, conn: ConnId) -> bool {
-        match self.subscribers.iter().position(|o| o.conn == conn) {
-            Some(i) => {
-                self.subscribers.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+    /// Removes a subscriber; `None` when it was not one, else the `leave` to announce.
+    pub fn remove(&mut self, name: &ChannelName, conn: ConnId) -> Option<Option<Arc<Message>>> {
+        let i = self.subscribers.iter().position(|o| o.conn == conn)?;
+        let outbox = self.subscribers.swap_remove(i);
+        Some(self.left(name, &outbox))
+    }
+
+    fn left(&mut self, name: &ChannelName, outbox: &Outbox) -> Option<Arc<Message>> {
+        let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
+            return None;
+        };
+        presence
+            .leave(&member.user)
+            .then(|| Arc::new(Message::presence(name.clone(), false, &member.user)))
     }
 
     /// Messages after `seq`, if history covers everything after it; `None` = gap.
@@ -119,7 +146,25 @@ impl Channel {
                 history_delta += 1;
             }
         }
+        (self.fan_out(msg), history_delta)
+    }
+
+    /// Offers `msg` to every subscriber, then announces the `leave` of users whose last
+    /// connection was dropped on the way.
+    pub fn fan_out(&mut self, msg: &Arc<Message>) -> Fanout {
+        let mut out = self.offer_all(msg);
+        while let Some(leave) = self.pending_leaves.pop() {
+            let more = self.offer_all(&leave);
+            out.delivered += more.delivered;
+            out.evicted += more.evicted;
+        }
+        out
+    }
+
+    /// Offers `msg` to every subscriber, dropping the evicted and the gone.
+    fn offer_all(&mut self, msg: &Arc<Message>) -> Fanout {
         let mut out = Fanout::default();
+        let mut dropped = Vec::new();
         self.subscribers.retain(|o| match o.offer(msg) {
             Offer::Queued => {
                 out.delivered += 1;
@@ -128,11 +173,20 @@ impl Channel {
             Offer::Skipped => true,
             Offer::Evicted => {
                 out.evicted += 1;
+                dropped.push(o.clone());
                 false
             }
-            Offer::Closed => false,
+            Offer::Closed => {
+                dropped.push(o.clone());
+                false
+            }
         });
-        (out, history_delta)
+        for o in dropped {
+            if let Some(leave) = self.left(&msg.channel, &o) {
+                self.pending_leaves.push(leave);
+            }
+        }
+        out
     }
 
     /// Drops messages older than the TTL; returns how many.

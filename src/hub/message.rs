@@ -14,9 +14,18 @@ use crate::names::ChannelName;
 /// Identifies a connection within this instance (for `exclude_connection`).
 pub type ConnId = u64;
 
+/// What a message is: a publish, or a presence change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Publish,
+    Join,
+    Leave,
+}
+
 /// One message on one channel.
 #[derive(Debug)]
 pub struct Message {
+    pub kind: Kind,
     pub channel: ChannelName,
     /// `None` for ephemeral events: never stored, never replayed, never move a cursor.
     pub id: Option<MessageId>,
@@ -38,6 +47,7 @@ impl Message {
         data: Box<RawValue>,
     ) -> Self {
         Self {
+            kind: Kind::Publish,
             channel,
             id,
             event,
@@ -47,6 +57,21 @@ impl Message {
             ws: OnceLock::new(),
             sse: OnceLock::new(),
         }
+    }
+
+    /// A `join` or `leave` of `user`: ephemeral, with `{"channel","user"}` as data and
+    /// the event name `join`/`leave` on SSE and long-poll.
+    pub fn presence(channel: ChannelName, join: bool, user: &str) -> Self {
+        let data = serde_json::json!({ "channel": channel.as_str(), "user": user }).to_string();
+        let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        let (kind, event) = if join {
+            (Kind::Join, "join")
+        } else {
+            (Kind::Leave, "leave")
+        };
+        let mut msg = Self::new(channel, None, Some(event.into()), data);
+        msg.kind = kind;
+        msg
     }
 
     pub fn with_exclude(mut self, exclude: Option<ConnId>) -> Self {

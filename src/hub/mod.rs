@@ -17,6 +17,7 @@ mod channel;
 pub mod cursor;
 pub mod message;
 pub mod outbox;
+pub mod presence;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -34,6 +35,7 @@ use channel::{Channel, Fanout};
 use cursor::{Epoch, MessageId};
 pub use message::{ConnId, Message};
 pub use outbox::{Inbox, Outbox, outbox};
+pub use presence::Member;
 
 use crate::names::ChannelName;
 
@@ -160,13 +162,18 @@ impl Hub {
     fn count(&self, fanout: Fanout, history_delta: i64) {
         let s = &self.0.stats;
         s.published.inc();
+        self.count_fanout(fanout);
+        if history_delta != 0 {
+            s.history.inc_by(history_delta);
+        }
+    }
+
+    fn count_fanout(&self, fanout: Fanout) {
+        let s = &self.0.stats;
         s.delivered.inc_by(fanout.delivered);
         if fanout.evicted > 0 {
             s.evicted_slow.inc_by(fanout.evicted);
             s.subscriptions.dec_by(fanout.evicted as i64);
-        }
-        if history_delta != 0 {
-            s.history.inc_by(history_delta);
         }
     }
 
@@ -202,7 +209,12 @@ impl Hub {
             _ => head,
         };
         let expired = before - state.history_len();
-        let added = state.add(outbox);
+        let joined = state.add(channel, outbox);
+        let added = joined.is_some();
+        let mut fanout = Fanout::default();
+        if let Some(Some(join)) = &joined {
+            fanout = state.fan_out(join);
+        }
         drop(shard);
         if expired > 0 {
             self.0.stats.history.dec_by(expired as i64);
@@ -210,6 +222,7 @@ impl Hub {
         if added {
             self.0.stats.subscriptions.inc();
         }
+        self.count_fanout(fanout);
         Subscribed {
             recovered,
             replay,
@@ -218,21 +231,37 @@ impl Hub {
         }
     }
 
-    /// Removes `conn` from `channel`; drops the channel state when nothing is left.
+    /// Removes `conn` from `channel` (announcing `leave` if it was its user's last
+    /// connection there); drops the channel state when nothing is left.
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
         let mut shard = self.shard(channel);
         let Some(state) = shard.get_mut(channel) else {
             return false;
         };
-        let removed = state.remove(conn);
+        let removed = state.remove(channel, conn);
+        let fanout = match &removed {
+            Some(Some(leave)) => state.fan_out(leave),
+            _ => Fanout::default(),
+        };
         if state.is_idle() {
             shard.remove(channel);
         }
         drop(shard);
-        if removed {
+        if removed.is_some() {
             self.0.stats.subscriptions.dec();
         }
-        removed
+        self.count_fanout(fanout);
+        removed.is_some()
+    }
+
+    /// Present users of `channel`: `None` when presence is not enabled there (or nobody
+    /// ever subscribed on this instance).
+    pub fn presence(&self, channel: &ChannelName) -> Option<Vec<presence::PresentUser>> {
+        let shard = self.shard(channel);
+        shard
+            .get(channel)
+            .and_then(|c| c.presence())
+            .map(|p| p.list())
     }
 
     /// Expires old history everywhere and forgets idle channels. Called periodically.

@@ -11,11 +11,14 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
 use super::message::{ConnId, Message};
+use super::presence::Member;
 
 /// The hub's end: cheap to clone into every channel the connection subscribes to.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     pub conn: ConnId,
+    /// The user behind the connection (presence); `None` when anonymous.
+    pub member: Option<Arc<Member>>,
     tx: mpsc::Sender<Arc<Message>>,
     evicted: CancellationToken,
 }
@@ -40,13 +43,14 @@ pub enum Offer {
     Closed,
 }
 
-/// A queue of `capacity` messages for connection `conn`.
-pub fn outbox(conn: ConnId, capacity: usize) -> (Outbox, Inbox) {
+/// A queue of `capacity` messages for connection `conn` of `member`.
+pub fn outbox(conn: ConnId, member: Option<Arc<Member>>, capacity: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let evicted = CancellationToken::new();
     (
         Outbox {
             conn,
+            member,
             tx,
             evicted: evicted.clone(),
         },

@@ -25,12 +25,13 @@ fn draft(channel: &str, n: u32) -> Draft {
 const KEEP: Retention = Retention {
     size: 3,
     ttl: Duration::from_secs(3600),
+    presence: false,
 };
 
 #[tokio::test]
 async fn fan_out_in_order_with_strictly_rising_ids() {
     let hub = hub();
-    let (o, mut inbox) = outbox(hub.next_conn(), 16);
+    let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
     hub.subscribe(&ch("a"), &o, Since::Live, KEEP);
     let ids: Vec<MessageId> = (0..5)
         .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
@@ -48,7 +49,7 @@ fn resume_replays_after_cursor_and_detects_gaps() {
         .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
         .collect();
     // History holds the last 3 (ids[2..]); resuming after ids[1] is complete.
-    let (o, _i) = outbox(hub.next_conn(), 16);
+    let (o, _i) = outbox(hub.next_conn(), None, 16);
     let sub = hub.subscribe(
         &ch("a"),
         &o,
@@ -64,7 +65,7 @@ fn resume_replays_after_cursor_and_detects_gaps() {
         ids[2..].to_vec()
     );
     // After ids[0]: ids[1] was trimmed, so the gap cannot be filled.
-    let (o2, _i2) = outbox(hub.next_conn(), 16);
+    let (o2, _i2) = outbox(hub.next_conn(), None, 16);
     let sub = hub.subscribe(
         &ch("a"),
         &o2,
@@ -77,7 +78,7 @@ fn resume_replays_after_cursor_and_detects_gaps() {
     assert!(!sub.recovered);
     assert!(sub.replay.is_empty());
     // Another epoch (a restart) is never resumable.
-    let (o3, _i3) = outbox(hub.next_conn(), 16);
+    let (o3, _i3) = outbox(hub.next_conn(), None, 16);
     let sub = hub.subscribe(
         &ch("a"),
         &o3,
@@ -96,7 +97,7 @@ fn ephemeral_messages_have_no_id_and_no_history() {
     let mut d = draft("a", 1);
     d.ephemeral = true;
     assert!(hub.publish(d, KEEP).id.is_none());
-    let (o, _i) = outbox(hub.next_conn(), 16);
+    let (o, _i) = outbox(hub.next_conn(), None, 16);
     let sub = hub.subscribe(
         &ch("a"),
         &o,
@@ -116,12 +117,13 @@ async fn history_expires_after_ttl() {
     let short = Retention {
         size: 10,
         ttl: Duration::from_secs(60),
+        presence: false,
     };
     let first = hub.publish(draft("a", 1), short).id.unwrap();
     hub.publish(draft("a", 2), short);
     tokio::time::advance(Duration::from_secs(61)).await;
     hub.sweep();
-    let (o, _i) = outbox(hub.next_conn(), 16);
+    let (o, _i) = outbox(hub.next_conn(), None, 16);
     let sub = hub.subscribe(
         &ch("a"),
         &o,
@@ -137,8 +139,8 @@ async fn history_expires_after_ttl() {
 #[tokio::test]
 async fn full_outbox_evicts_only_that_subscriber() {
     let hub = hub();
-    let (slow, slow_inbox) = outbox(hub.next_conn(), 2);
-    let (fast, mut fast_inbox) = outbox(hub.next_conn(), 64);
+    let (slow, slow_inbox) = outbox(hub.next_conn(), None, 2);
+    let (fast, mut fast_inbox) = outbox(hub.next_conn(), None, 64);
     hub.subscribe(&ch("a"), &slow, Since::Live, KEEP);
     hub.subscribe(&ch("a"), &fast, Since::Live, KEEP);
     for n in 0..10 {
@@ -154,8 +156,8 @@ async fn full_outbox_evicts_only_that_subscriber() {
 #[tokio::test]
 async fn exclude_connection_is_skipped() {
     let hub = hub();
-    let (a, mut ai) = outbox(hub.next_conn(), 8);
-    let (b, mut bi) = outbox(hub.next_conn(), 8);
+    let (a, mut ai) = outbox(hub.next_conn(), None, 8);
+    let (b, mut bi) = outbox(hub.next_conn(), None, 8);
     hub.subscribe(&ch("x"), &a, Since::Live, KEEP);
     hub.subscribe(&ch("x"), &b, Since::Live, KEEP);
     let mut d = draft("x", 1);
@@ -164,4 +166,31 @@ async fn exclude_connection_is_skipped() {
     assert!(bi.recv().await.is_some());
     assert!(ai.try_recv().is_none());
     assert_eq!(hub.parse_conn(&hub.conn_name(a.conn)), Some(a.conn));
+}
+
+#[tokio::test]
+async fn presence_joins_and_leaves_once_per_user() {
+    let hub = hub();
+    let with = Retention {
+        presence: true,
+        ..KEEP
+    };
+    let alice = Some(Arc::new(Member {
+        user: "alice".into(),
+        info: None,
+    }));
+    let (watcher, mut wi) = outbox(hub.next_conn(), None, 16);
+    hub.subscribe(&ch("p"), &watcher, Since::Live, with);
+    let (tab1, _t1) = outbox(hub.next_conn(), alice.clone(), 16);
+    let (tab2, _t2) = outbox(hub.next_conn(), alice, 16);
+    hub.subscribe(&ch("p"), &tab1, Since::Live, with);
+    hub.subscribe(&ch("p"), &tab2, Since::Live, with);
+    let join = wi.recv().await.unwrap();
+    assert_eq!(join.kind, message::Kind::Join);
+    assert_eq!(hub.presence(&ch("p")).unwrap()[0].1, 2);
+    hub.unsubscribe(&ch("p"), tab1.conn);
+    assert!(wi.try_recv().is_none(), "one tab left: no leave yet");
+    hub.unsubscribe(&ch("p"), tab2.conn);
+    assert_eq!(wi.recv().await.unwrap().kind, message::Kind::Leave);
+    assert!(hub.presence(&ch("p")).unwrap().is_empty());
 }

@@ -2,11 +2,17 @@
 //! task per connection speaking the JSON protocol.
 //!
 //! The 101 is returned at once and the session runs on the shutdown tracker (hyper
-//! forgets upgraded connections). Identity is settled inside the session so failures
-//! become close codes 4001–4003. The loop only selects; each arm calls a named function.
-//! tungstenite sends no close frame on errors, so protocol errors (1002), invalid UTF-8
-//! (1007) and oversized messages (1009) are mapped and sent here.
+//! forgets upgraded connections). Limits and the origin are checked before the upgrade
+//! (HTTP 429/403); identity is settled inside the session so failures become close codes
+//! 4001–4003 (1011 when the backend cannot answer). The loop only selects; each arm calls
+//! a named function. tungstenite sends no close frame on errors, so protocol errors
+//! (1002), invalid UTF-8 (1007) and oversized messages (1009) are mapped and sent here.
+//! Client requests are handled in `requests.rs`.
 
+mod requests;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +21,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
-use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
@@ -24,12 +29,13 @@ use tokio_tungstenite::tungstenite::protocol::{
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
 
 use crate::State;
-use crate::config::{ClientPublish, Config, RouteConfig, Transport};
-use crate::hub::cursor::MessageId;
-use crate::hub::{Inbox, Message, Outbox, Since, outbox};
-use crate::protocol::{self, ClientMsg, ErrorCode, close_code};
+use crate::auth::{self, AuthError, AuthRequest, Credential, Identity};
+use crate::config::{Config, RouteConfig, Transport};
+use crate::hub::{Inbox, Message, Outbox, outbox};
+use crate::limits::Admission;
+use crate::protocol::{self, ErrorCode, close_code};
 use crate::proxy::{Peer, connection_has};
-use crate::realtime::{self, Identity, Publish, Session};
+use crate::realtime::{self, Session};
 use crate::respond::{Body, Rejection, empty};
 use crate::template::Params;
 
@@ -45,10 +51,13 @@ const BATCH: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rate-limit violations in a row before the connection is closed with 1008.
 const MAX_STRIKES: u32 = 10;
+/// Client messages awaiting the backend webhook at once, per connection.
+const MAX_PENDING_WEBHOOKS: usize = 16;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Expiry = Pin<Box<dyn Future<Output = Result<Arc<Identity>, AuthError>> + Send>>;
 
-/// Validates the handshake, admits the connection and answers 101.
+/// Validates the handshake, checks origin and limits, and answers 101.
 pub fn upgrade(
     state: &Arc<State>,
     config: &Arc<Config>,
@@ -58,17 +67,22 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = handshake_key(&req)?;
-    let session = Session::admit(state, config, peer.addr.ip(), Transport::WebSocket)?;
+    realtime::check_origin(config, req.headers())?;
+    let query = realtime::query_pairs(req.uri().query());
+    let cred = auth::credential(&config.auth, req.headers(), &query, peer);
+    let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = Context {
         state: Arc::clone(state),
         config: Arc::clone(config),
         route: route.clone(),
         params,
+        cred,
+        path: req.uri().path().to_owned(),
     };
     state.shutdown.spawn(async move {
         match on_upgrade.await {
-            Ok(io) => run(ctx, session, io).await,
+            Ok(io) => run(ctx, admission, io).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -124,11 +138,14 @@ fn handshake_key(req: &Request<Incoming>) -> Result<String, Rejection> {
     Ok(key.to_owned())
 }
 
+/// What the session task takes from the handshake.
 struct Context {
     state: Arc<State>,
     config: Arc<Config>,
     route: RouteConfig,
     params: Params,
+    cred: Option<Credential>,
+    path: String,
 }
 
 /// One connection's state inside its task.
@@ -136,12 +153,16 @@ struct Conn {
     ctx: Context,
     ws: Ws,
     session: Session,
-    identity: Identity,
     outbox: Outbox,
     inbox: Inbox,
     limiter: governor::DefaultDirectRateLimiter,
     strikes: u32,
     last_seen: Instant,
+    /// Resolves when the identity's TTL ends and the backend has answered again.
+    expiry: Expiry,
+    /// Frames produced by tasks working for this connection (webhook answers).
+    replies_tx: mpsc::Sender<String>,
+    replies: mpsc::Receiver<String>,
 }
 
 /// Why a session ended; decides the close frame.
@@ -161,29 +182,44 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-async fn run(ctx: Context, session: Session, io: Upgraded) {
-    let mut ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(io),
-        Role::Server,
-        Some(ws_config(&ctx.config)),
-    )
-    .await;
-    let identity = match realtime::identify(&ctx.config) {
-        Ok(id) => id,
-        Err(e) => return close(&mut ws, e.close_code(), "Authentication required").await,
+async fn run(ctx: Context, admission: Admission, io: Upgraded) {
+    let config = Some(ws_config(&ctx.config));
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
+    let ask = AuthRequest {
+        transport: "websocket",
+        path: &ctx.path,
+        channels: Vec::new(),
     };
-    let (outbox, inbox) = outbox(session.conn, ctx.config.limits.subscriber_queue);
+    let identity = match ctx
+        .state
+        .auth
+        .identify(&ctx.state, ctx.cred.as_ref(), ask)
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => return close(&mut ws, e.close_code(), e.reason()).await,
+    };
+    let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
+    let (outbox, inbox) = outbox(
+        session.conn,
+        session.member.clone(),
+        ctx.config.limits.subscriber_queue,
+    );
     let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
+    let (replies_tx, replies) = mpsc::channel(MAX_PENDING_WEBHOOKS);
+    let expiry = arm_expiry(&ctx, Arc::clone(&session.identity));
     let mut conn = Conn {
         ctx,
         ws,
         session,
-        identity,
         outbox,
         inbox,
         limiter,
         strikes: 0,
         last_seen: Instant::now(),
+        expiry,
+        replies_tx,
+        replies,
     };
     let end = match conn.start().await {
         Ok(()) => conn.serve().await,
@@ -192,6 +228,17 @@ async fn run(ctx: Context, session: Session, io: Upgraded) {
     if let End::Close(code, reason) = end {
         close(&mut conn.ws, code, reason).await;
     }
+}
+
+fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Expiry {
+    let state = Arc::clone(&ctx.state);
+    Box::pin(auth::recheck(
+        state,
+        ctx.cred.clone(),
+        identity,
+        "websocket",
+        ctx.path.clone(),
+    ))
 }
 
 /// Sends a close frame and waits (bounded) for the client's reply so the closing
@@ -213,14 +260,11 @@ impl Conn {
     /// `welcome`, then the route's own channels.
     async fn start(&mut self) -> Result<(), End> {
         let conn_name = self.ctx.state.hub.conn_name(self.session.conn);
-        let welcome = protocol::encode(
-            "welcome",
-            json!({ "user": self.identity.user, "connection": conn_name }),
-            None,
-        );
-        self.send(welcome).await?;
+        let body =
+            serde_json::json!({ "user": self.session.identity.user, "connection": conn_name });
+        self.send(protocol::encode("welcome", body, None)).await?;
         for template in self.ctx.route.channels.clone() {
-            match template.fill(&self.ctx.params, self.identity.user.as_deref()) {
+            match template.fill(&self.ctx.params, self.session.identity.user.as_deref()) {
                 Ok(name) => self.subscribe(name.as_str(), None, None).await?,
                 Err(_) => {
                     return Err(End::Close(
@@ -241,17 +285,38 @@ impl Conn {
         let shutdown = self.ctx.state.shutdown.clone();
         let evicted = self.inbox.evicted().clone();
         loop {
+            // Every arm is cancel-safe: channel receives, `next()` (tungstenite keeps
+            // partial frames buffered), ticks, and the boxed expiry future polled by ref.
             let step = tokio::select! {
                 () = shutdown.cancelled() => Err(End::Close(close_code::GOING_AWAY, "server shutting down")),
                 () = evicted.cancelled() => Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor")),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
+                Some(frame) = self.replies.recv() => self.send(frame).await,
                 frame = self.ws.next() => self.on_frame(frame).await,
+                verdict = &mut self.expiry => self.on_expiry(verdict),
                 _ = heartbeat.tick() => self.heartbeat().await,
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// The identity's TTL ended: keep going with the fresh answer, or close 4002/4003.
+    fn on_expiry(&mut self, verdict: Result<Arc<Identity>, AuthError>) -> Result<(), End> {
+        let identity = verdict.map_err(|e| End::Close(e.close_code(), e.reason()))?;
+        let config = self.ctx.state.config.load();
+        if self
+            .session
+            .channels
+            .iter()
+            .any(|c| realtime::authorize(&config, &identity, c).is_err())
+        {
+            return Err(End::Close(close_code::FORBIDDEN, "Forbidden"));
+        }
+        self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));
+        self.session.identity = identity;
+        Ok(())
     }
 
     /// Writes one frame, bounded by the heartbeat timeout (a peer that stops reading
@@ -271,6 +336,7 @@ impl Conn {
         let write = async {
             let mut n = 0;
             while let Some(msg) = next.take() {
+                // Messages queued before an unsubscribe are not delivered after it.
                 if self.session.channels.contains(&msg.channel) {
                     self.ws.feed(Frame::Text(msg.ws_frame())).await?;
                 }
@@ -317,12 +383,9 @@ impl Conn {
                 if self.rate_limited().await? {
                     return Ok(());
                 }
-                self.send(protocol::error(
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported; send JSON text",
-                    None,
-                ))
-                .await
+                let msg = "binary frames are not supported; send JSON text";
+                self.send(protocol::error(ErrorCode::BadRequest, msg, None))
+                    .await
             }
             // Pings are answered by tungstenite on the next write; the Close reply too,
             // once we keep reading until the stream ends.
@@ -363,174 +426,8 @@ impl Conn {
                 "rate limit exceeded repeatedly",
             ));
         }
-        self.send(protocol::error(
-            ErrorCode::RateLimited,
-            "too many messages; slow down",
-            None,
-        ))
-        .await?;
+        let frame = protocol::error(ErrorCode::RateLimited, "too many messages; slow down", None);
+        self.send(frame).await?;
         Ok(true)
-    }
-
-    async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        let (msg, reference) = match protocol::parse(text) {
-            Ok(pair) => pair,
-            Err(bad) => {
-                let frame = protocol::error(
-                    ErrorCode::BadRequest,
-                    &bad.message,
-                    bad.reference.as_deref(),
-                );
-                return self.send(frame).await;
-            }
-        };
-        let r = reference.as_deref();
-        match msg {
-            ClientMsg::Subscribe { channel, since } => {
-                self.subscribe(&channel, since.as_deref(), r).await
-            }
-            ClientMsg::Unsubscribe { channel } => self.unsubscribe(&channel, r).await,
-            ClientMsg::Publish {
-                channel,
-                event,
-                data,
-            } => self.publish(&channel, event.as_deref(), &data, r).await,
-            ClientMsg::Presence { channel } => {
-                let frame = protocol::error(
-                    ErrorCode::BadRequest,
-                    &format!("presence is not enabled on {channel}"),
-                    r,
-                );
-                self.send(frame).await
-            }
-            ClientMsg::Ping => self.send(protocol::encode("pong", json!({}), r)).await,
-        }
-    }
-
-    async fn subscribe(
-        &mut self,
-        channel: &str,
-        since: Option<&str>,
-        r: Option<&RawValue>,
-    ) -> Result<(), End> {
-        let config = Arc::clone(&self.ctx.config);
-        let checked = realtime::channel_name(channel).and_then(|name| {
-            let policy = realtime::authorize(&config, &self.identity, &name)?;
-            Ok((name, realtime::retention(policy)))
-        });
-        let (name, retention) = match checked {
-            Ok(pair) => pair,
-            Err(e) => return self.send(protocol::error(e.code, &e.message, r)).await,
-        };
-        if !self.session.channels.contains(&name)
-            && self.session.channels.len() >= config.limits.max_channels_per_connection
-        {
-            let msg = format!(
-                "at most {} channels per connection",
-                config.limits.max_channels_per_connection
-            );
-            return self
-                .send(protocol::error(ErrorCode::Forbidden, &msg, r))
-                .await;
-        }
-        let since = match since {
-            None => Since::Live,
-            Some(text) => match MessageId::parse(text) {
-                Some(id) => Since::After {
-                    epoch: crate::hub::cursor::Epoch(id.epoch),
-                    seq: id.seq,
-                },
-                None => Since::After {
-                    epoch: crate::hub::cursor::Epoch(0),
-                    seq: 0,
-                },
-            },
-        };
-        let sub = self
-            .ctx
-            .state
-            .hub
-            .subscribe(&name, &self.outbox, since, retention);
-        if sub.added {
-            self.session.channels.push(name.clone());
-        }
-        let reply = protocol::encode(
-            "subscribed",
-            json!({ "channel": name.as_str(), "recovered": sub.recovered }),
-            r,
-        );
-        self.send(reply).await?;
-        for msg in sub.replay {
-            self.ws
-                .feed(Frame::Text(msg.ws_frame()))
-                .await
-                .map_err(|_| End::Gone)?;
-        }
-        self.ws.flush().await.map_err(|_| End::Gone)
-    }
-
-    async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
-        let name = match realtime::channel_name(channel) {
-            Ok(n) => n,
-            Err(e) => return self.send(protocol::error(e.code, &e.message, r)).await,
-        };
-        self.ctx.state.hub.unsubscribe(&name, self.session.conn);
-        self.session.channels.retain(|c| c != &name);
-        self.send(protocol::encode(
-            "unsubscribed",
-            json!({ "channel": name.as_str() }),
-            r,
-        ))
-        .await
-    }
-
-    async fn publish(
-        &mut self,
-        channel: &str,
-        event: Option<&str>,
-        data: &RawValue,
-        r: Option<&RawValue>,
-    ) -> Result<(), End> {
-        let config = Arc::clone(&self.ctx.config);
-        let result = realtime::channel_name(channel).and_then(|name| {
-            let policy = realtime::authorize(&config, &self.identity, &name)?;
-            match policy.client_publish {
-                ClientPublish::Broadcast => {}
-                ClientPublish::Deny => {
-                    return Err(realtime::ChannelError {
-                        code: ErrorCode::Forbidden,
-                        message: format!("clients may not publish on {name}"),
-                    });
-                }
-                ClientPublish::Backend => {
-                    return Err(realtime::ChannelError {
-                        code: ErrorCode::Unavailable,
-                        message:
-                            "publishing through the backend webhook is not available in this build"
-                                .into(),
-                    });
-                }
-            }
-            let (draft, retention) = realtime::prepare(
-                &config,
-                &Publish {
-                    channel: &name,
-                    event,
-                    data,
-                    exclude: None,
-                },
-            )?;
-            let id = realtime::publish(&self.ctx.state, draft, retention)?;
-            Ok((name, id))
-        });
-        let frame = match result {
-            Ok((name, id)) => protocol::encode(
-                "published",
-                json!({ "channel": name.as_str(), "id": id.map(|i| i.to_string()) }),
-                r,
-            ),
-            Err(e) => protocol::error(e.code, &e.message, r),
-        };
-        self.send(frame).await
     }
 }

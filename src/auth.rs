@@ -1,0 +1,490 @@
+//! Who a realtime client is, decided by the backend (SPEC §7): credential extraction,
+//! the backend auth call, and a TTL cache with single-flight.
+//!
+//! Owns: the cache. Keys are SHA-256 digests of the credential, so different
+//! credentials never share an entry and no token is kept as a map key. Concurrent
+//! checks of one credential share one backend call (a reconnect storm of N clients with
+//! one cookie costs one request). Allowed answers live for their `ttl` (or
+//! `auth.cache_ttl`), refusals for `auth.negative_ttl`; failures are not cached.
+//! Tokens never reach logs: [`Credential`] redacts itself in `Debug`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::State;
+use crate::config::AuthConfig;
+use crate::names::ChannelPattern;
+use crate::protocol::close_code;
+use crate::proxy::Peer;
+use crate::respond::{Rejection, full};
+
+/// Most cached answers; beyond it expired ones are dropped, then everything.
+const MAX_ENTRIES: usize = 100_000;
+/// Largest auth answer read from the backend.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Who a realtime client is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `None` for an anonymous client (`auth.anonymous`), who may use `public` channels only.
+    pub user: Option<String>,
+    /// Channel patterns the user may subscribe to.
+    pub patterns: Vec<ChannelPattern>,
+    pub info: Option<serde_json::Value>,
+    /// When this answer must be checked again (`None`: never, anonymous).
+    pub expires: Option<Instant>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Self {
+            user: None,
+            patterns: Vec::new(),
+            info: None,
+            expires: None,
+        }
+    }
+}
+
+/// Why a client may not connect, named by who decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authentication required")]
+    Missing,
+    #[error("Invalid token")]
+    Invalid,
+    #[error("Forbidden")]
+    Forbidden,
+    #[error("authentication backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::Missing => close_code::AUTH_REQUIRED,
+            Self::Invalid => close_code::INVALID_TOKEN,
+            Self::Forbidden => close_code::FORBIDDEN,
+            Self::Unavailable(_) => close_code::INTERNAL,
+        }
+    }
+
+    /// Close reason text (short, fixed: never echoes backend text to clients).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "Authentication required",
+            Self::Invalid => "Invalid token",
+            Self::Forbidden => "Forbidden",
+            Self::Unavailable(_) => "Authentication unavailable",
+        }
+    }
+}
+
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => Rejection::json(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            AuthError::Invalid => {
+                Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "Invalid token")
+            }
+            AuthError::Forbidden => {
+                Rejection::json(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            }
+            AuthError::Unavailable(_) => Rejection::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "authentication is unavailable; retry later",
+            ),
+        }
+    }
+}
+
+/// What a client presented, and what is forwarded to the backend with it.
+#[derive(Clone)]
+pub struct Credential {
+    token: String,
+    cookie: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+    key: [u8; 32],
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credential(***)")
+    }
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Finds the client's credential: `auth.token_query`, then `auth.token_header`
+/// (`Bearer <t>` or bare), then `auth.token_cookie`. `None` when there is none.
+pub fn credential(
+    cfg: &AuthConfig,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    peer: Peer,
+) -> Option<Credential> {
+    let from_query = cfg
+        .token_query
+        .as_ref()
+        .and_then(|q| query.iter().find(|(k, _)| k == q))
+        .map(|(_, v)| v.as_str());
+    let from_header = cfg
+        .token_header
+        .as_ref()
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let v = v.trim();
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+        });
+    let from_cookie = cfg
+        .token_cookie
+        .as_ref()
+        .and_then(|c| cookie_value(headers, c));
+    let (source, token) = [("q", from_query), ("h", from_header), ("c", from_cookie)]
+        .into_iter()
+        .find_map(|(s, t)| t.filter(|t| !t.is_empty()).map(|t| (s, t)))?;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{source}\0{token}").as_bytes(),
+    );
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    let mut fwd = HeaderMap::new();
+    crate::proxy::add_forwarded(&mut fwd, peer, None);
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let own = fwd
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let chain = if prior.is_empty() {
+        own.to_owned()
+    } else {
+        format!("{}, {own}", prior.join(", "))
+    };
+    Some(Credential {
+        token: token.to_owned(),
+        cookie: headers.get(header::COOKIE).cloned(),
+        authorization: headers.get(header::AUTHORIZATION).cloned(),
+        forwarded_for: HeaderValue::from_str(&chain).ok(),
+        key,
+    })
+}
+
+/// The part of the auth call that describes the connection.
+pub struct AuthRequest<'a> {
+    pub transport: &'static str,
+    pub path: &'a str,
+    pub channels: Vec<String>,
+}
+
+/// A settled answer, as cached.
+#[derive(Clone)]
+enum Outcome {
+    Allowed(Arc<Identity>),
+    Denied(AuthError, Instant),
+    Failed(AuthError),
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    user: String,
+    #[serde(default)]
+    channels: Vec<String>,
+    ttl: Option<u64>,
+    info: Option<serde_json::Value>,
+}
+
+/// The auth cache (cheap to share behind the app state).
+#[derive(Default)]
+pub struct Auth {
+    cells: Mutex<HashMap<[u8; 32], Arc<OnceCell<Outcome>>>>,
+}
+
+impl Auth {
+    /// Identifies a client: anonymous when it has no credential and that is allowed,
+    /// else the cached or fresh answer of the backend.
+    pub async fn identify(
+        &self,
+        state: &State,
+        cred: Option<&Credential>,
+        req: AuthRequest<'_>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let config = state.config.load_full();
+        let Some(cred) = cred else {
+            return if config.auth.anonymous {
+                Ok(Arc::new(Identity::anonymous()))
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let cell = self.cell(cred.key);
+        let outcome = cell
+            .get_or_init(|| ask_backend(state, &config.auth, cred, req))
+            .await
+            .clone();
+        match outcome {
+            Outcome::Allowed(id) => Ok(id),
+            Outcome::Denied(e, _) => Err(e),
+            Outcome::Failed(e) => {
+                self.forget(cred.key, &cell);
+                Err(e)
+            }
+        }
+    }
+
+    /// The cell for `key`: the live one, or a fresh one when it expired or failed.
+    fn cell(&self, key: [u8; 32]) -> Arc<OnceCell<Outcome>> {
+        let now = Instant::now();
+        let mut cells = self.cells.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cell) = cells.get(&key)
+            && !cell.get().is_some_and(|o| expired(o, now))
+        {
+            return Arc::clone(cell);
+        }
+        if cells.len() >= MAX_ENTRIES {
+            cells.retain(|_, c| !c.get().is_some_and(|o| expired(o, now)));
+            if cells.len() >= MAX_ENTRIES {
+                cells.clear();
+            }
+        }
+        let cell = Arc::new(OnceCell::new());
+        cells.insert(key, Arc::clone(&cell));
+        cell
+    }
+
+    fn forget(&self, key: [u8; 32], cell: &Arc<OnceCell<Outcome>>) {
+        let mut cells = self.cells.lock().unwrap_or_else(PoisonError::into_inner);
+        if cells.get(&key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            cells.remove(&key);
+        }
+    }
+}
+
+fn expired(outcome: &Outcome, now: Instant) -> bool {
+    match outcome {
+        Outcome::Allowed(id) => id.expires.is_some_and(|e| e <= now),
+        Outcome::Denied(_, until) => *until <= now,
+        Outcome::Failed(_) => true,
+    }
+}
+
+/// One backend auth call, mapped to an outcome.
+async fn ask_backend(
+    state: &State,
+    cfg: &AuthConfig,
+    cred: &Credential,
+    req: AuthRequest<'_>,
+) -> Outcome {
+    let proxy = state.proxy.load_full();
+    let body = serde_json::json!({
+        "token": cred.token,
+        "transport": req.transport,
+        "path": req.path,
+        "channels": req.channels,
+    });
+    let uri = match proxy.target(&cfg.endpoint) {
+        Ok(u) => u,
+        Err(e) => return Outcome::Failed(AuthError::Unavailable(e.to_string())),
+    };
+    let mut call = Request::new(full(body.to_string()));
+    *call.method_mut() = Method::POST;
+    *call.uri_mut() = uri;
+    let h = call.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in [
+        (header::COOKIE, &cred.cookie),
+        (header::AUTHORIZATION, &cred.authorization),
+    ] {
+        if let Some(v) = value {
+            h.insert(name, v.clone());
+        }
+    }
+    if let Some(v) = &cred.forwarded_for {
+        h.insert("x-forwarded-for", v.clone());
+    }
+    let res = match proxy.send(call, &state.metrics).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::warn!(error = %e, "auth call failed");
+            return Outcome::Failed(AuthError::Unavailable(e.to_string()));
+        }
+    };
+    let now = Instant::now();
+    match res.status() {
+        StatusCode::OK => parse_answer(res, cfg, now).await,
+        StatusCode::UNAUTHORIZED => Outcome::Denied(AuthError::Invalid, now + cfg.negative_ttl),
+        StatusCode::FORBIDDEN => Outcome::Denied(AuthError::Forbidden, now + cfg.negative_ttl),
+        other => {
+            tracing::warn!(
+                status = other.as_u16(),
+                "auth endpoint answered an unexpected status"
+            );
+            Outcome::Failed(AuthError::Unavailable(format!(
+                "auth endpoint answered {other}"
+            )))
+        }
+    }
+}
+
+async fn parse_answer(
+    res: http::Response<hyper::body::Incoming>,
+    cfg: &AuthConfig,
+    now: Instant,
+) -> Outcome {
+    let bytes: Bytes = match Limited::new(res.into_body(), MAX_ANSWER).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Outcome::Failed(AuthError::Unavailable(format!(
+                "reading the auth answer: {e}"
+            )));
+        }
+    };
+    let answer: Answer = match serde_json::from_slice(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "auth endpoint answered 200 with an invalid body");
+            return Outcome::Failed(AuthError::Unavailable(format!("invalid auth answer: {e}")));
+        }
+    };
+    let patterns = answer
+        .channels
+        .iter()
+        .filter_map(|p| match ChannelPattern::new(p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(pattern = %p, error = %e, "auth answer has an invalid channel pattern; ignored");
+                None
+            }
+        })
+        .collect();
+    let ttl = answer.ttl.map_or(cfg.cache_ttl, Duration::from_secs);
+    Outcome::Allowed(Arc::new(Identity {
+        user: Some(answer.user),
+        patterns,
+        info: answer.info,
+        expires: Some(now + ttl),
+    }))
+}
+
+/// How long an open connection keeps its identity when a re-check cannot reach the
+/// backend (open connections keep working while the backend is down, SPEC §9).
+const RECHECK_RETRY: Duration = Duration::from_secs(5);
+
+/// Resolves when `current` has expired and been checked again: `Ok` with the fresh
+/// identity, or `Err` when the backend now refuses the credential. Anonymous identities
+/// never expire. Cancel-safe (only sleeps and the cached, shared auth call).
+pub async fn recheck(
+    state: Arc<State>,
+    cred: Option<Credential>,
+    current: Arc<Identity>,
+    transport: &'static str,
+    path: String,
+) -> Result<Arc<Identity>, AuthError> {
+    let mut at = current.expires;
+    loop {
+        let Some(deadline) = at else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(deadline).await;
+        let ask = AuthRequest {
+            transport,
+            path: &path,
+            channels: Vec::new(),
+        };
+        match state.auth.identify(&state, cred.as_ref(), ask).await {
+            Ok(id) => return Ok(id),
+            Err(AuthError::Unavailable(e)) => {
+                tracing::debug!(error = %e, "re-check could not reach the backend; keeping the connection");
+                at = Some(Instant::now() + RECHECK_RETRY);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> AuthConfig {
+        crate::Config::from_yaml(yaml, &|_| None).unwrap().auth
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            addr: "10.1.2.3:5555".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn credential_sources_in_order() {
+        let c = cfg("auth: { token_cookie: session }\n");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer hdr"),
+        );
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; session=ck"));
+        let q = vec![("token".to_owned(), "qt".to_owned())];
+        assert_eq!(credential(&c, &h, &q, peer()).unwrap().token, "qt");
+        assert_eq!(credential(&c, &h, &[], peer()).unwrap().token, "hdr");
+        h.remove(header::AUTHORIZATION);
+        let cred = credential(&c, &h, &[], peer()).unwrap();
+        assert_eq!(cred.token, "ck");
+        assert_eq!(format!("{cred:?}"), "Credential(***)");
+        assert_eq!(cred.forwarded_for.unwrap(), "10.1.2.3");
+        assert!(credential(&c, &HeaderMap::new(), &[], peer()).is_none());
+    }
+
+    #[test]
+    fn different_credentials_have_different_keys() {
+        let c = cfg("");
+        let q = |t: &str| vec![("token".to_owned(), t.to_owned())];
+        let a = credential(&c, &HeaderMap::new(), &q("a"), peer()).unwrap();
+        let b = credential(&c, &HeaderMap::new(), &q("b"), peer()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("a"));
+        let ha = credential(&c, &h, &[], peer()).unwrap();
+        assert_ne!(a.key, b.key);
+        assert_ne!(
+            a.key, ha.key,
+            "same text from another source is another credential"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The client requests of the WebSocket protocol (SPEC §4): `subscribe`, `unsubscribe`,
+//! `publish`, `presence`, `ping`. Each reply echoes the request's `ref`; refusals are
+//! `error` frames, never disconnects.
+
+use std::sync::Arc;
+
+use futures_util::SinkExt;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use super::{Conn, End};
+use crate::State;
+use crate::config::{ClientPublish, Config};
+use crate::hub::Since;
+use crate::hub::cursor::{Epoch, MessageId};
+use crate::names::ChannelName;
+use crate::protocol::{self, ClientMsg, ErrorCode};
+use crate::realtime::{self, ChannelError, Publish};
+use crate::webhook::{self, Reply};
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> ChannelError {
+    ChannelError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Where `since` points; an unreadable cursor resumes nothing (`recovered: false`).
+fn since(text: Option<&str>) -> Since {
+    match text.map(MessageId::parse) {
+        None => Since::Live,
+        Some(Some(id)) => Since::After {
+            epoch: Epoch(id.epoch),
+            seq: id.seq,
+        },
+        Some(None) => Since::After {
+            epoch: Epoch(0),
+            seq: 0,
+        },
+    }
+}
+
+/// `[{user, connections}]` of a presence channel.
+fn users(state: &State, name: &ChannelName) -> Vec<serde_json::Value> {
+    let list = state.hub.presence(name).unwrap_or_default();
+    list.into_iter()
+        .map(|(user, n, _)| json!({ "user": &*user, "connections": n }))
+        .collect()
+}
+
+impl Conn {
+    pub(super) async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let (msg, reference) = match protocol::parse(text) {
+            Ok(pair) => pair,
+            Err(bad) => {
+                let frame = protocol::error(
+                    ErrorCode::BadRequest,
+                    &bad.message,
+                    bad.reference.as_deref(),
+                );
+                return self.send(frame).await;
+            }
+        };
+        let r = reference.as_deref();
+        match msg {
+            ClientMsg::Subscribe { channel, since } => {
+                self.subscribe(&channel, since.as_deref(), r).await
+            }
+            ClientMsg::Unsubscribe { channel } => self.unsubscribe(&channel, r).await,
+            ClientMsg::Publish {
+                channel,
+                event,
+                data,
+            } => self.publish(&channel, event.as_deref(), &data, r).await,
+            ClientMsg::Presence { channel } => self.presence(&channel, r).await,
+            ClientMsg::Ping => self.send(protocol::encode("pong", json!({}), r)).await,
+        }
+    }
+
+    /// Sends `error` for `e` (the connection goes on).
+    async fn refused(&mut self, e: ChannelError, r: Option<&RawValue>) -> Result<(), End> {
+        self.send(protocol::error(e.code, &e.message, r)).await
+    }
+
+    pub(super) async fn subscribe(
+        &mut self,
+        channel: &str,
+        since_text: Option<&str>,
+        r: Option<&RawValue>,
+    ) -> Result<(), End> {
+        let config = Arc::clone(&self.ctx.config);
+        let checked = realtime::channel_name(channel).and_then(|name| {
+            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
+            Ok((name, realtime::retention(policy)))
+        });
+        let (name, retention) = match checked {
+            Ok(pair) => pair,
+            Err(e) => return self.refused(e, r).await,
+        };
+        let max = config.limits.max_channels_per_connection;
+        if !self.session.channels.contains(&name) && self.session.channels.len() >= max {
+            return self
+                .refused(
+                    refuse(
+                        ErrorCode::Forbidden,
+                        format!("at most {max} channels per connection"),
+                    ),
+                    r,
+                )
+                .await;
+        }
+        let sub = self
+            .session
+            .subscribe(&name, &self.outbox, since(since_text), retention);
+        let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered });
+        if retention.presence {
+            body["presence"] = users(&self.ctx.state, &name).into();
+        }
+        self.send(protocol::encode("subscribed", body, r)).await?;
+        for msg in sub.replay {
+            self.ws
+                .feed(Frame::Text(msg.ws_frame()))
+                .await
+                .map_err(|_| End::Gone)?;
+        }
+        self.ws.flush().await.map_err(|_| End::Gone)
+    }
+
+    async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
+        let name = match realtime::channel_name(channel) {
+            Ok(n) => n,
+            Err(e) => return self.refused(e, r).await,
+        };
+        self.session.unsubscribe(&name);
+        self.send(protocol::encode(
+            "unsubscribed",
+            json!({ "channel": name.as_str() }),
+            r,
+        ))
+        .await
+    }
+
+    async fn presence(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
+        let config = Arc::clone(&self.ctx.config);
+        let checked = realtime::channel_name(channel).and_then(|name| {
+            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
+            if policy.presence {
+                Ok(name)
+            } else {
+                Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("presence is not enabled on {name}"),
+                ))
+            }
+        });
+        match checked {
+            Ok(name) => {
+                let body =
+                    json!({ "channel": name.as_str(), "users": users(&self.ctx.state, &name) });
+                self.send(protocol::encode("presence", body, r)).await
+            }
+            Err(e) => self.refused(e, r).await,
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &str,
+        event: Option<&str>,
+        data: &RawValue,
+        r: Option<&RawValue>,
+    ) -> Result<(), End> {
+        let config = Arc::clone(&self.ctx.config);
+        let checked = realtime::channel_name(channel).and_then(|name| {
+            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
+            // Size and event checks apply whoever ends up publishing.
+            let prepared = realtime::prepare(
+                &config,
+                &Publish {
+                    channel: &name,
+                    event,
+                    data,
+                    exclude: None,
+                },
+            )?;
+            Ok((name, policy.client_publish, prepared))
+        });
+        let (name, mode, (draft, retention)) = match checked {
+            Ok(t) => t,
+            Err(e) => return self.refused(e, r).await,
+        };
+        match mode {
+            ClientPublish::Deny => {
+                self.refused(
+                    refuse(
+                        ErrorCode::Forbidden,
+                        format!("clients may not publish on {name}"),
+                    ),
+                    r,
+                )
+                .await
+            }
+            ClientPublish::Broadcast => {
+                let frame = match realtime::publish(&self.ctx.state, draft, retention) {
+                    Ok(id) => protocol::encode(
+                        "published",
+                        json!({ "channel": name.as_str(), "id": id.map(|i| i.to_string()) }),
+                        r,
+                    ),
+                    Err(e) => protocol::error(e.code, &e.message, r),
+                };
+                self.send(frame).await
+            }
+            ClientPublish::Backend => self.publish_via_backend(&name, event, data, r).await,
+        }
+    }
+
+    /// Hands the message to the backend webhook in a tracked task, so the session keeps
+    /// serving meanwhile; the outcome comes back as a frame on `replies`.
+    async fn publish_via_backend(
+        &mut self,
+        name: &ChannelName,
+        event: Option<&str>,
+        data: &RawValue,
+        r: Option<&RawValue>,
+    ) -> Result<(), End> {
+        let Ok(permit) = self.replies_tx.clone().try_reserve_owned() else {
+            let e = refuse(
+                ErrorCode::RateLimited,
+                "too many messages awaiting the backend",
+            );
+            return self.refused(e, r).await;
+        };
+        let identity = &self.session.identity;
+        let data_value: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
+        let mut body = json!({
+            "type": "message",
+            "connection": self.ctx.state.hub.conn_name(self.session.conn),
+            "user": identity.user,
+            "info": identity.info,
+            "channel": name.as_str(),
+            "data": data_value,
+        });
+        if let Some(ev) = event {
+            body["event"] = ev.into();
+        }
+        let state = Arc::clone(&self.ctx.state);
+        let config = Arc::clone(&self.ctx.config);
+        let channel = name.clone();
+        let reference = r.map(ToOwned::to_owned);
+        self.ctx.state.shutdown.spawn(async move {
+            let reply = webhook::post(&state, &body).await;
+            permit.send(webhook_outcome(
+                &state,
+                &config,
+                &channel,
+                reply,
+                reference.as_deref(),
+            ));
+        });
+        Ok(())
+    }
+}
+
+/// The frame that answers a client publish once the backend has decided.
+fn webhook_outcome(
+    state: &State,
+    config: &Config,
+    channel: &ChannelName,
+    reply: Reply,
+    r: Option<&RawValue>,
+) -> String {
+    match reply {
+        Reply::Accepted(answer) => {
+            let ids = match answer.get("publish") {
+                Some(list) => match crate::publish::publish_list(state, config, list) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "backend webhook answered an unusable publish list");
+                        return protocol::error(
+                            ErrorCode::Unavailable,
+                            "the backend's answer could not be published",
+                            r,
+                        );
+                    }
+                },
+                None => Vec::new(),
+            };
+            let mut body =
+                json!({ "channel": channel.as_str(), "id": ids.into_iter().flatten().next() });
+            if let Some(reply) = answer.get("reply") {
+                body["reply"] = reply.clone();
+            }
+            protocol::encode("published", body, r)
+        }
+        Reply::Rejected(status) => protocol::error(
+            ErrorCode::Rejected,
+            &format!("the backend rejected the message ({status})"),
+            r,
+        ),
+        Reply::Failed(e) => {
+            tracing::warn!(error = %e, "message webhook failed");
+            protocol::error(
+                ErrorCode::Unavailable,
+                "the backend is unavailable; retry later",
+                r,
+            )
+        }
+    }
+}
