@@ -5,6 +5,8 @@
 //! internally tagged enums cannot hold `RawValue`); the payload `data` stays raw JSON
 //! and is never re-encoded.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -78,12 +80,20 @@ pub enum ClientMsg {
 struct Envelope {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(rename = "ref")]
+    #[serde(rename = "ref", default, deserialize_with = "present")]
     reference: Option<Box<RawValue>>,
     channel: Option<String>,
     since: Option<String>,
     event: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
+}
+
+/// `ref` and `data` may be any JSON value, `null` included, so a field that is present
+/// is `Some` even when it holds `null` (plain `Option` would read that as absent: a
+/// dropped `ref`, or a refused `"data": null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// A request that could not be understood: the error to send (with the `ref` when the
@@ -94,11 +104,19 @@ pub struct BadRequest {
     pub reference: Option<Box<RawValue>>,
 }
 
+/// The `ref` of a JSON object whose other fields did not fit the envelope (no `type`, a
+/// field of the wrong type), so that even that error echoes it. Only an object has a
+/// `ref` (a struct would also accept a JSON array, taking its first element).
+fn salvage_ref(text: &str) -> Option<Box<RawValue>> {
+    let mut fields: HashMap<String, Box<RawValue>> = serde_json::from_str(text).ok()?;
+    fields.remove("ref")
+}
+
 /// Parses one text frame into a request and its `ref`.
 pub fn parse(text: &str) -> Result<(ClientMsg, Option<Box<RawValue>>), BadRequest> {
     let env: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
         message: format!("malformed request: {e}"),
-        reference: None,
+        reference: salvage_ref(text),
     })?;
     let reference = env.reference;
     let need = |field: Option<String>, name: &str| {
@@ -209,8 +227,17 @@ mod tests {
         let e = parse(r#"{"type":"nope","ref":"r1"}"#).unwrap_err();
         assert!(e.message.contains("unknown type"));
         assert_eq!(e.reference.unwrap().get(), r#""r1""#);
-        assert!(parse("not json").is_err());
+        assert!(parse("not json").unwrap_err().reference.is_none());
+        let e = parse(r#"{"type":"subscribe","channel":5,"ref":[1]}"#).unwrap_err();
+        assert_eq!(e.reference.unwrap().get(), "[1]");
+        assert!(parse("[7]").unwrap_err().reference.is_none());
+        let e = parse(r#"{"ref":{"a":1}}"#).unwrap_err();
+        assert_eq!(e.reference.unwrap().get(), r#"{"a":1}"#);
+        let (_, r) = parse(r#"{"type":"ping","ref":null}"#).unwrap();
+        assert_eq!(r.unwrap().get(), "null");
         assert!(parse(r#"{"type":"publish","channel":"c"}"#).is_err());
+        let (m, _) = parse(r#"{"type":"publish","channel":"c","data":null}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Publish { ref data, .. } if data.get() == "null"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
 };
@@ -37,7 +38,7 @@ use crate::protocol::{self, ErrorCode, close_code};
 use crate::proxy::{Peer, connection_has};
 use crate::realtime::{self, Session};
 use crate::respond::{Body, Rejection, empty};
-use crate::template::Params;
+use crate::template::{FillError, Params};
 
 /// Read buffer per connection: small, because idle connections dominate memory.
 const READ_BUFFER: usize = 4 * 1024;
@@ -266,11 +267,18 @@ impl Conn {
         for template in self.ctx.route.channels.clone() {
             match template.fill(&self.ctx.params, self.session.identity.user.as_deref()) {
                 Ok(name) => self.subscribe(name.as_str(), None, None).await?,
-                Err(_) => {
+                Err(FillError::NoUser) => {
                     return Err(End::Close(
                         close_code::AUTH_REQUIRED,
                         "Authentication required",
                     ));
+                }
+                // A path segment that makes no valid channel is the client's mistake in
+                // the URL, not missing credentials: an error reply, as for `subscribe`.
+                Err(e) => {
+                    let msg = format!("this path names no valid channel: {e}");
+                    self.send(protocol::error(ErrorCode::BadRequest, &msg, None))
+                        .await?;
                 }
             }
         }
@@ -405,6 +413,9 @@ impl Conn {
         let (code, reason, why) = match e {
             WsError::Capacity(_) => (close_code::TOO_LARGE, "message too large", "too_large"),
             WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8", "invalid_utf8"),
+            // The peer dropped the TCP connection (tab closed, network lost): nobody is
+            // left to read a close frame, and it is no protocol violation to count.
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return End::Gone,
             WsError::Protocol(_) => (close_code::PROTOCOL, "protocol error", "protocol_error"),
             _ => return End::Gone,
         };
@@ -429,5 +440,21 @@ impl Conn {
         let frame = protocol::error(ErrorCode::RateLimited, "too many messages; slow down", None);
         self.send(frame).await?;
         Ok(true)
+    }
+
+    /// Writes replayed history, bounded like every other write: a resuming client that
+    /// stops reading must not pin the session (and so shutdown) forever.
+    async fn replay(&mut self, messages: Vec<Arc<Message>>) -> Result<(), End> {
+        let timeout = self.ctx.config.heartbeat.timeout;
+        let write = async {
+            for msg in messages {
+                self.ws.feed(Frame::Text(msg.ws_frame())).await?;
+            }
+            self.ws.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        }
     }
 }

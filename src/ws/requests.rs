@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use futures_util::SinkExt;
 use serde_json::json;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{Conn, End};
 use crate::State;
@@ -118,13 +116,7 @@ impl Conn {
             body["presence"] = users(&self.ctx.state, &name).into();
         }
         self.send(protocol::encode("subscribed", body, r)).await?;
-        for msg in sub.replay {
-            self.ws
-                .feed(Frame::Text(msg.ws_frame()))
-                .await
-                .map_err(|_| End::Gone)?;
-        }
-        self.ws.flush().await.map_err(|_| End::Gone)
+        self.replay(sub.replay).await
     }
 
     async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {

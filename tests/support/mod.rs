@@ -19,6 +19,8 @@ use sidewire::{App, Config, Handle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod ws;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
