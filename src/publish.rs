@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::State;
@@ -36,6 +36,7 @@ struct Item {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     event: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     idempotency_key: Option<String>,
     exclude_connection: Option<String>,
@@ -50,9 +51,28 @@ struct Payload {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     event: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     idempotency_key: Option<String>,
     exclude_connection: Option<String>,
+}
+
+/// `data` exactly as given. Serde reads a present `null` into an `Option` as `None`,
+/// which would refuse `"data": null` as missing although null is valid data (SPEC §3).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+impl Item {
+    /// Whether no message field is set (the top level of a `messages` batch).
+    fn is_empty(&self) -> bool {
+        self.channel.is_none()
+            && self.channels.is_none()
+            && self.event.is_none()
+            && self.data.is_none()
+            && self.idempotency_key.is_none()
+            && self.exclude_connection.is_none()
+    }
 }
 
 impl Payload {
@@ -76,15 +96,10 @@ impl Payload {
         };
         match messages {
             None => Ok(vec![single]),
-            Some(_)
-                if single.channel.is_some()
-                    || single.channels.is_some()
-                    || single.data.is_some() =>
-            {
-                Err(bad(
-                    "give either \"messages\" or a single message, not both",
-                ))
-            }
+            // A message field beside `messages` would be silently dropped otherwise.
+            Some(_) if !single.is_empty() => Err(bad(
+                "give either \"messages\" or a single message's fields, not both",
+            )),
             Some(m) if m.is_empty() => Err(bad("\"messages\" is empty")),
             Some(m) if m.len() > MAX_BATCH => {
                 Err(bad(format!("at most {MAX_BATCH} messages per batch")))
@@ -138,7 +153,7 @@ pub fn authorized(config: &Config, req: &Request<Incoming>) -> Result<(), Reject
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer);
     match given {
         Some(g) if constant_time_eq(g.trim().as_bytes(), secret.expose().as_bytes()) => Ok(()),
         _ => Err(Rejection::json(
@@ -147,6 +162,13 @@ pub fn authorized(config: &Config, req: &Request<Incoming>) -> Result<(), Reject
             "missing or wrong admin secret",
         )),
     }
+}
+
+/// The credentials of a `Bearer` authorization; the scheme name is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` from a hand-written client counts too.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -197,7 +219,7 @@ fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Ch
             format!("messages[{index}]: {msg}")
         }
     };
-    let names: Vec<&String> = match (&item.channel, &item.channels) {
+    let mut names: Vec<&String> = match (&item.channel, &item.channels) {
         (Some(c), None) => vec![c],
         (None, Some(cs)) if !cs.is_empty() => cs.iter().collect(),
         (Some(_), Some(_)) => {
@@ -211,6 +233,9 @@ fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Ch
             )));
         }
     };
+    // A channel named twice gets the message once (its id is listed once).
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.as_str()));
     let data = item
         .data
         .as_deref()
@@ -376,6 +401,11 @@ mod tests {
         .unwrap();
         assert_eq!(batch.into_items().unwrap().len(), 2);
         assert!(serde_json::from_str::<Payload>(r#"{"chanel":"a","data":1}"#).is_err());
+        let null: Payload = serde_json::from_str(r#"{"channel":"a","data":null}"#).unwrap();
+        assert_eq!(null.data.as_ref().unwrap().get(), "null");
+        let mixed: Payload =
+            serde_json::from_str(r#"{"messages":[{"channel":"a","data":1}],"event":"e"}"#).unwrap();
+        assert!(mixed.into_items().is_err());
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));

@@ -37,10 +37,11 @@ impl Stream {
     ) -> (Self, Opened) {
         let hub = session.hub.clone();
         let (outbox, inbox) = outbox(session.conn, session.member.clone(), queue);
-        // A cursor for another channel list cannot be mapped position by position.
-        let cursor = cursor
-            .and_then(Cursor::parse)
-            .map(|c| (c.positions.len() == channels.len()).then_some(c));
+        // `Some(None)`: the client gave a cursor we cannot use (garbage, or one for another
+        // channel list, which cannot be mapped position by position). That is a failed
+        // resume the client must hear about, not a fresh start.
+        let cursor =
+            cursor.map(|text| Cursor::parse(text).filter(|c| c.positions.len() == channels.len()));
         let mut replay = Vec::new();
         let mut reset = Vec::new();
         let mut positions = Vec::with_capacity(channels.len());

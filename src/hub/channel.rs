@@ -44,16 +44,21 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// A channel state created when the global sequence is at `head`.
-    pub fn new(head: u64, retention: Retention) -> Self {
+    /// A channel state whose history is complete after `floor`.
+    pub fn new(floor: u64, retention: Retention) -> Self {
         Self {
             subscribers: Vec::new(),
             history: VecDeque::new(),
-            floor: head,
+            floor,
             retention,
             presence: retention.presence.then(Presence::default),
             pending_leaves: Vec::new(),
         }
+    }
+
+    /// Messages with `seq <= floor` may be missing from history.
+    pub fn floor(&self) -> u64 {
+        self.floor
     }
 
     pub fn presence(&self) -> Option<&Presence> {

@@ -80,7 +80,7 @@ struct Inner {
     seq: AtomicU64,
     next_conn: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Mutex<HashMap<ChannelName, Channel>>]>,
+    shards: Box<[Mutex<Shard>]>,
     stats: HubStats,
 }
 
@@ -90,7 +90,7 @@ pub struct Hub(Arc<Inner>);
 
 impl Hub {
     pub fn new(epoch: Epoch, stats: HubStats) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Self(Arc::new(Inner {
             epoch,
             seq: AtomicU64::new(0),
@@ -125,7 +125,7 @@ impl Hub {
         (epoch == self.0.epoch.to_string()).then(|| u64::from_str_radix(n, 16).ok())?
     }
 
-    fn shard(&self, name: &ChannelName) -> MutexGuard<'_, HashMap<ChannelName, Channel>> {
+    fn shard(&self, name: &ChannelName) -> MutexGuard<'_, Shard> {
         let i = (self.0.hasher.hash_one(name) as usize) % SHARDS;
         // A panic while holding the lock leaves only counters half-updated; keep serving.
         self.0.shards[i]
@@ -137,11 +137,7 @@ impl Hub {
     /// history, and offers it to every subscriber. Never waits.
     pub fn publish(&self, draft: Draft, retention: Retention) -> Arc<Message> {
         let mut shard = self.shard(&draft.channel);
-        let head = self.0.seq.load(Ordering::Acquire);
-        let channel = shard
-            .entry(draft.channel.clone())
-            .or_insert_with(|| Channel::new(head, retention));
-        channel.retention = retention;
+        let channel = shard.entry(&draft.channel, retention);
         let id = (!draft.ephemeral).then(|| MessageId {
             epoch: self.0.epoch.0,
             seq: self.0.seq.fetch_add(1, Ordering::AcqRel) + 1,
@@ -150,10 +146,7 @@ impl Hub {
             Message::new(draft.channel, id, draft.event, draft.data).with_exclude(draft.exclude),
         );
         let (fanout, history_delta) = channel.deliver(&msg);
-        if channel.is_idle() {
-            let name = msg.channel.clone();
-            shard.remove(&name);
-        }
+        shard.drop_if_idle(&msg.channel);
         drop(shard);
         self.count(fanout, history_delta);
         msg
@@ -187,10 +180,7 @@ impl Hub {
     ) -> Subscribed {
         let mut shard = self.shard(channel);
         let head = self.0.seq.load(Ordering::Acquire);
-        let state = shard
-            .entry(channel.clone())
-            .or_insert_with(|| Channel::new(head, retention));
-        state.retention = retention;
+        let state = shard.entry(channel, retention);
         let before = state.history_len();
         let (recovered, replay) = match since {
             Since::Live => (true, Vec::new()),
@@ -235,7 +225,7 @@ impl Hub {
     /// connection there); drops the channel state when nothing is left.
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
         let mut shard = self.shard(channel);
-        let Some(state) = shard.get_mut(channel) else {
+        let Some(state) = shard.channels.get_mut(channel) else {
             return false;
         };
         let removed = state.remove(channel, conn);
@@ -243,9 +233,7 @@ impl Hub {
             Some(Some(leave)) => state.fan_out(leave),
             _ => Fanout::default(),
         };
-        if state.is_idle() {
-            shard.remove(channel);
-        }
+        shard.drop_if_idle(channel);
         drop(shard);
         if removed.is_some() {
             self.0.stats.subscriptions.dec();
@@ -259,6 +247,7 @@ impl Hub {
     pub fn presence(&self, channel: &ChannelName) -> Option<Vec<presence::PresentUser>> {
         let shard = self.shard(channel);
         shard
+            .channels
             .get(channel)
             .and_then(|c| c.presence())
             .map(|p| p.list())
@@ -270,10 +259,7 @@ impl Hub {
         let mut expired = 0usize;
         for shard in self.0.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            shard.retain(|_, ch| {
-                expired += ch.expire(now);
-                !ch.is_idle()
-            });
+            expired += shard.sweep(now);
         }
         if expired > 0 {
             self.0.stats.history.dec_by(expired as i64);
@@ -287,6 +273,7 @@ impl Hub {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             out.extend(
                 shard
+                    .channels
                     .iter()
                     .filter(|(_, c)| c.subscribers() > 0)
                     .map(|(n, c)| (n.clone(), c.subscribers())),
@@ -294,6 +281,78 @@ impl Hub {
         }
         out.sort();
         out
+    }
+}
+
+/// Most dropped-channel floors remembered per shard (~100 bytes each).
+const MAX_DROPPED: usize = 4096;
+
+/// One shard of the channel map, plus what it remembers of channels it dropped.
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<ChannelName, Channel>,
+    /// History floors of idle channels whose state was dropped. A recreated state starts
+    /// from its old floor, so resuming a quiet channel is not a false reset.
+    dropped: HashMap<ChannelName, u64>,
+    /// The highest floor forgotten when `dropped` overflowed: a channel not in `dropped`
+    /// starts here (0 while nothing was forgotten: such a channel never had a message).
+    forgotten: u64,
+}
+
+impl Shard {
+    /// The state of `name`, created from its remembered floor when needed.
+    fn entry(&mut self, name: &ChannelName, retention: Retention) -> &mut Channel {
+        if !self.channels.contains_key(name) {
+            let floor = self.dropped.remove(name).unwrap_or(self.forgotten);
+            self.channels
+                .insert(name.clone(), Channel::new(floor, retention));
+        }
+        let channel = self
+            .channels
+            .entry(name.clone())
+            .or_insert_with(|| Channel::new(0, retention));
+        channel.retention = retention;
+        channel
+    }
+
+    /// Drops the state of `name` if nothing is left in it, remembering its floor.
+    fn drop_if_idle(&mut self, name: &ChannelName) {
+        if self.channels.get(name).is_some_and(Channel::is_idle)
+            && let Some(ch) = self.channels.remove(name)
+        {
+            self.remember(name.clone(), ch.floor());
+        }
+    }
+
+    fn remember(&mut self, name: ChannelName, floor: u64) {
+        if self.dropped.len() >= MAX_DROPPED {
+            // Forget half (arbitrary ones); their floors fold into `forgotten`, which is
+            // conservative: a forgotten channel may report a reset it could have avoided.
+            let forget: Vec<ChannelName> =
+                self.dropped.keys().take(MAX_DROPPED / 2).cloned().collect();
+            for key in forget {
+                if let Some(f) = self.dropped.remove(&key) {
+                    self.forgotten = self.forgotten.max(f);
+                }
+            }
+        }
+        self.dropped.insert(name, floor);
+    }
+
+    /// Expires history and drops idle channels; returns how many messages expired.
+    fn sweep(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        let mut idle = Vec::new();
+        for (name, ch) in &mut self.channels {
+            expired += ch.expire(now);
+            if ch.is_idle() {
+                idle.push(name.clone());
+            }
+        }
+        for name in idle {
+            self.drop_if_idle(&name);
+        }
+        expired
     }
 }
 
