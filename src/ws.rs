@@ -7,6 +7,7 @@
 //! tungstenite sends no close frame on errors, so protocol errors (1002), invalid UTF-8
 //! (1007) and oversized messages (1009) are mapped and sent here.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::config::{ClientPublish, Config, RouteConfig, Transport};
@@ -43,7 +45,8 @@ const MAX_WRITE_BUFFER: usize = 1 << 20;
 const BATCH: usize = 64;
 /// How long the closing handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Rate-limit violations in a row before the connection is closed with 1008.
+/// Rate-limit violations, net of messages within the rate, before the connection is
+/// closed with 1008.
 const MAX_STRIKES: u32 = 10;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -142,6 +145,55 @@ struct Conn {
     limiter: governor::DefaultDirectRateLimiter,
     strikes: u32,
     last_seen: Instant,
+    interrupt: Interrupt,
+}
+
+/// What ends a session whatever it is doing, even in the middle of a write.
+struct Interrupt {
+    /// Cancelled by the hub when this connection's queue overflowed.
+    evicted: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Interrupt {
+    /// Resolves with the close to send once either has fired. Cancel-safe.
+    async fn fired(&self) -> End {
+        tokio::select! {
+            biased;
+            () = self.evicted.cancelled() => slow_consumer(),
+            () = self.shutdown.cancelled() => going_away(),
+        }
+    }
+}
+
+fn slow_consumer() -> End {
+    End::Close(
+        close_code::SLOW_CONSUMER,
+        "slow consumer: resume from your cursor",
+    )
+}
+
+fn going_away() -> End {
+    End::Close(close_code::GOING_AWAY, "server shutting down")
+}
+
+/// Runs one socket write, bounded by `timeout` (a peer that stops reading must not pin
+/// the task) and abandoned as soon as `interrupt` fires: a consumer too slow for its
+/// queue is usually stuck in exactly such a write, and SPEC §9 drops it now, not when
+/// the heartbeat timeout runs out. An abandoned write leaves whole frames in
+/// tungstenite's buffer, so the close frame sent next still queues up behind them.
+async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Result<(), End>
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    tokio::select! {
+        biased;
+        end = interrupt.fired() => Err(end),
+        written = tokio::time::timeout(timeout, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        },
+    }
 }
 
 /// Why a session ended; decides the close frame.
@@ -174,6 +226,10 @@ async fn run(ctx: Context, session: Session, io: Upgraded) {
     };
     let (outbox, inbox) = outbox(session.conn, ctx.config.limits.subscriber_queue);
     let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
+    let interrupt = Interrupt {
+        evicted: inbox.evicted().clone(),
+        shutdown: ctx.state.shutdown.token().clone(),
+    };
     let mut conn = Conn {
         ctx,
         ws,
@@ -184,6 +240,7 @@ async fn run(ctx: Context, session: Session, io: Upgraded) {
         limiter,
         strikes: 0,
         last_seen: Instant::now(),
+        interrupt,
     };
     let end = match conn.start().await {
         Ok(()) => conn.serve().await,
@@ -238,12 +295,9 @@ impl Conn {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.ctx.state.shutdown.clone();
-        let evicted = self.inbox.evicted().clone();
         loop {
             let step = tokio::select! {
-                () = shutdown.cancelled() => Err(End::Close(close_code::GOING_AWAY, "server shutting down")),
-                () = evicted.cancelled() => Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor")),
+                end = self.interrupt.fired() => Err(end),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
                 frame = self.ws.next() => self.on_frame(frame).await,
                 _ = heartbeat.tick() => self.heartbeat().await,
@@ -254,37 +308,38 @@ impl Conn {
         }
     }
 
-    /// Writes one frame, bounded by the heartbeat timeout (a peer that stops reading
-    /// must not pin this task forever).
+    /// Writes one frame (see [`bounded`]).
     async fn send(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
         let timeout = self.ctx.config.heartbeat.timeout;
-        match tokio::time::timeout(timeout, self.ws.send(Frame::Text(text.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        let write = self.ws.send(Frame::Text(text.into()));
+        bounded(&self.interrupt, timeout, write).await
     }
 
     /// Sends `first` and whatever else is queued, then flushes once.
     async fn deliver(&mut self, first: Arc<Message>) -> Result<(), End> {
-        let timeout = self.ctx.config.heartbeat.timeout;
+        let Conn {
+            ctx,
+            ws,
+            session,
+            inbox,
+            interrupt,
+            ..
+        } = self;
         let mut next = Some(first);
         let write = async {
             let mut n = 0;
             while let Some(msg) = next.take() {
-                if self.session.channels.contains(&msg.channel) {
-                    self.ws.feed(Frame::Text(msg.ws_frame())).await?;
+                if session.channels.contains(&msg.channel) {
+                    ws.feed(Frame::Text(msg.ws_frame())).await?;
                 }
                 n += 1;
                 if n < BATCH {
-                    next = self.inbox.try_recv();
+                    next = inbox.try_recv();
                 }
             }
-            self.ws.flush().await
+            ws.flush().await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        bounded(interrupt, ctx.config.heartbeat.timeout, write).await
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
@@ -293,10 +348,8 @@ impl Conn {
             return Err(End::Close(close_code::GOING_AWAY, "heartbeat timeout"));
         }
         let timeout = self.ctx.config.heartbeat.timeout;
-        match tokio::time::timeout(timeout, self.ws.send(Frame::Ping(Default::default()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        let write = self.ws.send(Frame::Ping(Default::default()));
+        bounded(&self.interrupt, timeout, write).await
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Frame, WsError>>) -> Result<(), End> {
@@ -327,7 +380,8 @@ impl Conn {
             // Pings are answered by tungstenite on the next write; the Close reply too,
             // once we keep reading until the stream ends.
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => {
-                self.ws.flush().await.map_err(|_| End::Gone)
+                let timeout = self.ctx.config.heartbeat.timeout;
+                bounded(&self.interrupt, timeout, self.ws.flush()).await
             }
             Frame::Close(_) => {
                 while let Ok(Some(Ok(_))) =
@@ -352,7 +406,10 @@ impl Conn {
     /// Applies `client_rate`; `Ok(true)` means the frame was refused with `rate_limited`.
     async fn rate_limited(&mut self) -> Result<bool, End> {
         if self.limiter.check().is_ok() {
-            self.strikes = 0;
+            // Forgive one strike, not all: a client that bursts once recovers, but one
+            // that keeps sending above the rate (so a token sometimes lets a message
+            // through) still runs out, instead of resetting its count every refill.
+            self.strikes = self.strikes.saturating_sub(1);
             return Ok(false);
         }
         self.strikes += 1;
@@ -460,13 +517,15 @@ impl Conn {
             r,
         );
         self.send(reply).await?;
-        for msg in sub.replay {
-            self.ws
-                .feed(Frame::Text(msg.ws_frame()))
-                .await
-                .map_err(|_| End::Gone)?;
-        }
-        self.ws.flush().await.map_err(|_| End::Gone)
+        let ws = &mut self.ws;
+        let replay = async move {
+            for msg in sub.replay {
+                ws.feed(Frame::Text(msg.ws_frame())).await?;
+            }
+            ws.flush().await
+        };
+        let timeout = self.ctx.config.heartbeat.timeout;
+        bounded(&self.interrupt, timeout, replay).await
     }
 
     async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {

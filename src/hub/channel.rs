@@ -22,7 +22,11 @@ pub struct Retention {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fanout {
     pub delivered: u64,
+    /// Connections this message evicted (slow consumers).
     pub evicted: u64,
+    /// Subscribers dropped from this channel: the evicted ones plus sessions already
+    /// gone or evicted earlier. Every one is a subscription that no longer exists.
+    pub removed: u64,
 }
 
 #[derive(Debug)]
@@ -128,9 +132,13 @@ impl Channel {
             Offer::Skipped => true,
             Offer::Evicted => {
                 out.evicted += 1;
+                out.removed += 1;
                 false
             }
-            Offer::Closed => false,
+            Offer::Closed => {
+                out.removed += 1;
+                false
+            }
         });
         (out, history_delta)
     }

@@ -161,10 +161,9 @@ impl Hub {
         let s = &self.0.stats;
         s.published.inc();
         s.delivered.inc_by(fanout.delivered);
-        if fanout.evicted > 0 {
-            s.evicted_slow.inc_by(fanout.evicted);
-            s.subscriptions.dec_by(fanout.evicted as i64);
-        }
+        s.evicted_slow.inc_by(fanout.evicted);
+        // The session's own unsubscribe will not find these any more, so count them here.
+        s.subscriptions.dec_by(fanout.removed as i64);
         if history_delta != 0 {
             s.history.inc_by(history_delta);
         }

@@ -17,6 +17,8 @@ use sidewire::{App, Config, Handle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod realtime;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
