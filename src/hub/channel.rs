@@ -25,7 +25,11 @@ pub struct Retention {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fanout {
     pub delivered: u64,
+    /// Connections this message evicted (slow consumers).
     pub evicted: u64,
+    /// Subscribers dropped from this channel: the evicted ones plus sessions already
+    /// gone or evicted earlier. Every one is a subscription that no longer exists.
+    pub removed: u64,
 }
 
 #[derive(Debug)]
@@ -162,6 +166,7 @@ impl Channel {
             let more = self.offer_all(&leave);
             out.delivered += more.delivered;
             out.evicted += more.evicted;
+            out.removed += more.removed;
         }
         out
     }
@@ -178,10 +183,12 @@ impl Channel {
             Offer::Skipped => true,
             Offer::Evicted => {
                 out.evicted += 1;
+                out.removed += 1;
                 dropped.push(o.clone());
                 false
             }
             Offer::Closed => {
+                out.removed += 1;
                 dropped.push(o.clone());
                 false
             }

@@ -164,10 +164,9 @@ impl Hub {
     fn count_fanout(&self, fanout: Fanout) {
         let s = &self.0.stats;
         s.delivered.inc_by(fanout.delivered);
-        if fanout.evicted > 0 {
-            s.evicted_slow.inc_by(fanout.evicted);
-            s.subscriptions.dec_by(fanout.evicted as i64);
-        }
+        s.evicted_slow.inc_by(fanout.evicted);
+        // The session's own unsubscribe will not find these any more, so count them here.
+        s.subscriptions.dec_by(fanout.removed as i64);
     }
 
     /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.

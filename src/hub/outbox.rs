@@ -39,7 +39,7 @@ pub enum Offer {
     Skipped,
     /// Queue full: the connection was marked evicted; remove it.
     Evicted,
-    /// The session is gone; remove it.
+    /// The session is gone or already evicted (through another channel); remove it.
     Closed,
 }
 
@@ -63,6 +63,11 @@ impl Outbox {
     pub fn offer(&self, msg: &Arc<Message>) -> Offer {
         if msg.exclude == Some(self.conn) {
             return Offer::Skipped;
+        }
+        // Evicted through another of its channels: it is closing, so queueing more is
+        // waste, and counting its full queue again would count one eviction per channel.
+        if self.evicted.is_cancelled() {
+            return Offer::Closed;
         }
         match self.tx.try_send(Arc::clone(msg)) {
             Ok(()) => Offer::Queued,

@@ -194,3 +194,41 @@ async fn presence_joins_and_leaves_once_per_user() {
     assert_eq!(wi.recv().await.unwrap().kind, message::Kind::Leave);
     assert!(hub.presence(&ch("p")).unwrap().is_empty());
 }
+
+#[test]
+fn an_eviction_counts_once_and_leaves_every_channel() {
+    let hub = hub();
+    let (slow, _slow_inbox) = outbox(hub.next_conn(), None, 1);
+    let (fast, _fast_inbox) = outbox(hub.next_conn(), None, 64);
+    for c in ["a", "b", "c"] {
+        hub.subscribe(&ch(c), &slow, Since::Live, KEEP);
+    }
+    hub.subscribe(&ch("a"), &fast, Since::Live, KEEP);
+    assert_eq!(hub.stats().subscriptions.get(), 4);
+    // Fills the queue on "a", overflows it on "b"; "c" finds an evicted connection.
+    for c in ["a", "b", "c"] {
+        hub.publish(draft(c, 1), KEEP);
+    }
+    assert_eq!(
+        hub.stats().evicted_slow.get(),
+        1,
+        "one connection, one eviction"
+    );
+    assert_eq!(hub.channels(), vec![(ch("a"), 2)]);
+    // "a" still lists it until its next message finds it evicted.
+    hub.publish(draft("a", 2), KEEP);
+    assert_eq!(hub.channels(), vec![(ch("a"), 1)]);
+    assert_eq!(hub.stats().subscriptions.get(), 1);
+    assert_eq!(hub.stats().evicted_slow.get(), 1);
+}
+
+#[test]
+fn a_gone_session_leaves_the_subscription_count() {
+    let hub = hub();
+    let (o, inbox) = outbox(hub.next_conn(), None, 8);
+    hub.subscribe(&ch("a"), &o, Since::Live, KEEP);
+    drop(inbox);
+    hub.publish(draft("a", 1), KEEP);
+    assert!(hub.channels().is_empty());
+    assert_eq!(hub.stats().subscriptions.get(), 0);
+}

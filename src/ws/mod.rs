@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{
     CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
 };
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
 
 use crate::State;
 use crate::auth::{self, AuthError, AuthRequest, Credential, Identity};
@@ -50,7 +51,8 @@ const MAX_WRITE_BUFFER: usize = 1 << 20;
 const BATCH: usize = 64;
 /// How long the closing handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Rate-limit violations in a row before the connection is closed with 1008.
+/// Rate-limit violations, net of messages within the rate, before the connection is
+/// closed with 1008.
 const MAX_STRIKES: u32 = 10;
 /// Client messages awaiting the backend webhook at once, per connection.
 const MAX_PENDING_WEBHOOKS: usize = 16;
@@ -164,6 +166,44 @@ struct Conn {
     /// Frames produced by tasks working for this connection (webhook answers).
     replies_tx: mpsc::Sender<String>,
     replies: mpsc::Receiver<String>,
+    interrupt: Interrupt,
+}
+
+/// What ends a session whatever it is doing, even in the middle of a write.
+struct Interrupt {
+    /// Cancelled by the hub when this connection's queue overflowed.
+    evicted: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Interrupt {
+    /// Resolves with the close to send once either has fired. Cancel-safe.
+    async fn fired(&self) -> End {
+        tokio::select! {
+            biased;
+            () = self.evicted.cancelled() => End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor"),
+            () = self.shutdown.cancelled() => End::Close(close_code::GOING_AWAY, "server shutting down"),
+        }
+    }
+}
+
+/// Runs one socket write, bounded by `timeout` (a peer that stops reading must not pin
+/// the task) and abandoned as soon as `interrupt` fires: a consumer too slow for its
+/// queue is usually stuck in exactly such a write, and SPEC §9 drops it now, not when
+/// the heartbeat timeout runs out. An abandoned write leaves whole frames in
+/// tungstenite's buffer, so the close frame sent next still queues up behind them.
+async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Result<(), End>
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    tokio::select! {
+        biased;
+        end = interrupt.fired() => Err(end),
+        written = tokio::time::timeout(timeout, write) => match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Gone),
+        },
+    }
 }
 
 /// Why a session ended; decides the close frame.
@@ -209,7 +249,12 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
     let (replies_tx, replies) = mpsc::channel(MAX_PENDING_WEBHOOKS);
     let expiry = arm_expiry(&ctx, Arc::clone(&session.identity));
+    let interrupt = Interrupt {
+        evicted: inbox.evicted().clone(),
+        shutdown: ctx.state.shutdown.token().clone(),
+    };
     let mut conn = Conn {
+        interrupt,
         ctx,
         ws,
         session,
@@ -290,14 +335,11 @@ impl Conn {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.ctx.state.shutdown.clone();
-        let evicted = self.inbox.evicted().clone();
         loop {
             // Every arm is cancel-safe: channel receives, `next()` (tungstenite keeps
             // partial frames buffered), ticks, and the boxed expiry future polled by ref.
             let step = tokio::select! {
-                () = shutdown.cancelled() => Err(End::Close(close_code::GOING_AWAY, "server shutting down")),
-                () = evicted.cancelled() => Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor")),
+                end = self.interrupt.fired() => Err(end),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
                 Some(frame) = self.replies.recv() => self.send(frame).await,
                 frame = self.ws.next() => self.on_frame(frame).await,
@@ -327,38 +369,39 @@ impl Conn {
         Ok(())
     }
 
-    /// Writes one frame, bounded by the heartbeat timeout (a peer that stops reading
-    /// must not pin this task forever).
+    /// Writes one frame (see [`bounded`]).
     async fn send(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
         let timeout = self.ctx.config.heartbeat.timeout;
-        match tokio::time::timeout(timeout, self.ws.send(Frame::Text(text.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        let write = self.ws.send(Frame::Text(text.into()));
+        bounded(&self.interrupt, timeout, write).await
     }
 
     /// Sends `first` and whatever else is queued, then flushes once.
     async fn deliver(&mut self, first: Arc<Message>) -> Result<(), End> {
-        let timeout = self.ctx.config.heartbeat.timeout;
+        let Conn {
+            ctx,
+            ws,
+            session,
+            inbox,
+            interrupt,
+            ..
+        } = self;
         let mut next = Some(first);
         let write = async {
             let mut n = 0;
             while let Some(msg) = next.take() {
                 // Messages queued before an unsubscribe are not delivered after it.
-                if self.session.channels.contains(&msg.channel) {
-                    self.ws.feed(Frame::Text(msg.ws_frame())).await?;
+                if session.channels.contains(&msg.channel) {
+                    ws.feed(Frame::Text(msg.ws_frame())).await?;
                 }
                 n += 1;
                 if n < BATCH {
-                    next = self.inbox.try_recv();
+                    next = inbox.try_recv();
                 }
             }
-            self.ws.flush().await
+            ws.flush().await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        bounded(interrupt, ctx.config.heartbeat.timeout, write).await
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
@@ -367,10 +410,8 @@ impl Conn {
             return Err(End::Close(close_code::GOING_AWAY, "heartbeat timeout"));
         }
         let timeout = self.ctx.config.heartbeat.timeout;
-        match tokio::time::timeout(timeout, self.ws.send(Frame::Ping(Default::default()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        let write = self.ws.send(Frame::Ping(Default::default()));
+        bounded(&self.interrupt, timeout, write).await
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Frame, WsError>>) -> Result<(), End> {
@@ -398,7 +439,8 @@ impl Conn {
             // Pings are answered by tungstenite on the next write; the Close reply too,
             // once we keep reading until the stream ends.
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => {
-                self.ws.flush().await.map_err(|_| End::Gone)
+                let timeout = self.ctx.config.heartbeat.timeout;
+                bounded(&self.interrupt, timeout, self.ws.flush()).await
             }
             Frame::Close(_) => {
                 while let Ok(Some(Ok(_))) =
@@ -426,7 +468,10 @@ impl Conn {
     /// Applies `client_rate`; `Ok(true)` means the frame was refused with `rate_limited`.
     async fn rate_limited(&mut self) -> Result<bool, End> {
         if self.limiter.check().is_ok() {
-            self.strikes = 0;
+            // Forgive one strike, not all: a client that bursts once recovers, but one
+            // that keeps sending above the rate (so a token sometimes lets a message
+            // through) still runs out, instead of resetting its count every refill.
+            self.strikes = self.strikes.saturating_sub(1);
             return Ok(false);
         }
         self.strikes += 1;
@@ -446,15 +491,13 @@ impl Conn {
     /// stops reading must not pin the session (and so shutdown) forever.
     async fn replay(&mut self, messages: Vec<Arc<Message>>) -> Result<(), End> {
         let timeout = self.ctx.config.heartbeat.timeout;
-        let write = async {
+        let ws = &mut self.ws;
+        let write = async move {
             for msg in messages {
-                self.ws.feed(Frame::Text(msg.ws_frame())).await?;
+                ws.feed(Frame::Text(msg.ws_frame())).await?;
             }
-            self.ws.flush().await
+            ws.flush().await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Gone),
-        }
+        bounded(&self.interrupt, timeout, write).await
     }
 }

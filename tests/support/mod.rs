@@ -20,6 +20,7 @@ use sidewire::{App, Config, Handle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod realtime;
 pub mod ws;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,441 @@
+//! Limits (SPEC §9, §4 close codes) through real sockets: one test per `limits` key,
+//! each showing the refusal and that nothing else is affected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::IpAddr;
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use support::realtime::*;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const LOCALHOST_2: &str = "127.0.0.2";
+
+fn pad(bytes: usize) -> String {
+    "x".repeat(bytes)
+}
+
+/// Starts a long-poll that stays pending (nothing is published on its channel) and
+/// waits until the server counts it.
+async fn pending_poll(server: &TestServer, expected: f64) -> tokio::task::JoinHandle<u16> {
+    let url = server.url("/poll?channel=idle&timeout=60s");
+    let task = tokio::spawn(async move {
+        let res = http().get(url).send().await.unwrap();
+        res.status().as_u16()
+    });
+    wait_metric(server, &conns("longpoll"), |v| v == expected).await;
+    task
+}
+
+#[tokio::test]
+async fn max_connections_refuses_the_next_realtime_connection() {
+    let backend = FakeBackend::echo().await;
+    let server = TestServer::start(&yaml(&format!(
+        "backend: {{ url: \"{}\" }}\nlimits: {{ max_connections: 3 }}",
+        backend.url()
+    )))
+    .await;
+    let client = http();
+    let first = ws(&server).await;
+    let _sse = sse(&server, "channel=a").await;
+    let poll_task = pending_poll(&server, 1.0).await;
+
+    assert_refused(&sse_try(&server, "channel=a").await.err().unwrap(), 429);
+    assert_refused(
+        &poll_refused(&client, &server, "channel=a&timeout=0").await,
+        429,
+    );
+    match ws_try(&server, "/ws").await {
+        Err(Refusal::Status(429)) => {}
+        other => panic!("expected HTTP 429 before the upgrade, got {other:?}"),
+    }
+    // Pass-through is not a realtime connection and is never counted.
+    let res = client.get(server.url("/plain")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    hang_up(first).await;
+    let again = eventually("a freed slot", || async {
+        ws_try(&server, "/ws").await.ok()
+    })
+    .await;
+    hang_up(again).await;
+
+    publish_ok(&client, &server, "idle", json!("wake")).await;
+    assert_eq!(within("the pending poll", poll_task).await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_counts_each_address() {
+    let server = TestServer::start(&yaml("limits: { max_connections_per_ip: 2 }")).await;
+    let client = http();
+    let first = ws(&server).await;
+    let _sse = sse(&server, "channel=a").await;
+
+    assert_refused(&sse_try(&server, "channel=a").await.err().unwrap(), 429);
+    assert_refused(
+        &poll_refused(&client, &server, "channel=a&timeout=0").await,
+        429,
+    );
+    match ws_try(&server, "/ws").await {
+        Err(Refusal::Status(429)) => {}
+        other => panic!("expected HTTP 429 before the upgrade, got {other:?}"),
+    }
+    // Another address has its own allowance.
+    let other: IpAddr = LOCALHOST_2.parse().unwrap();
+    let from_other = ws_raw(&server, Some(other), false)
+        .await
+        .unwrap_or_else(|r| panic!("{LOCALHOST_2} refused: {r:?}"));
+    let _sse_other = sse_from(&http_from(other), &server, "channel=a")
+        .await
+        .unwrap();
+
+    hang_up(first).await;
+    let again = eventually("a freed slot", || async {
+        ws_try(&server, "/ws").await.ok()
+    })
+    .await;
+    hang_up(again).await;
+    hang_up(from_other).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_channels_per_connection() {
+    let server = TestServer::start(&yaml("limits: { max_channels_per_connection: 2 }")).await;
+    let client = http();
+    let mut ws = ws(&server).await;
+    subscribe(&mut ws, "a").await;
+    subscribe(&mut ws, "b").await;
+    send_json(
+        &mut ws,
+        json!({ "type": "subscribe", "channel": "c", "ref": 3 }),
+    )
+    .await;
+    let err = expect_type(&mut ws, "error").await;
+    assert_eq!(err["code"], "forbidden");
+    assert_eq!(err["ref"], 3);
+    // Still usable: resubscribing counts no new channel, and messages keep flowing.
+    subscribe(&mut ws, "a").await;
+    publish_ok(&client, &server, "b", json!({ "n": 1 })).await;
+    let msg = expect_type(&mut ws, "message").await;
+    assert_eq!(
+        (msg["channel"].clone(), msg["data"].clone()),
+        (json!("b"), json!({ "n": 1 }))
+    );
+    // Unsubscribing frees a place.
+    send_json(&mut ws, json!({ "type": "unsubscribe", "channel": "a" })).await;
+    expect_type(&mut ws, "unsubscribed").await;
+    subscribe(&mut ws, "c").await;
+
+    let three = "channel=a&channel=b&channel=c";
+    assert_refused(&sse_try(&server, three).await.err().unwrap(), 400);
+    assert_refused(
+        &poll_refused(&client, &server, &format!("{three}&timeout=0")).await,
+        400,
+    );
+    let _two = sse(&server, "channel=a&channel=b").await;
+    hang_up(ws).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_message_bytes() {
+    let server = TestServer::start(&yaml("limits: { max_message_bytes: 1024 }")).await;
+    let client = http();
+    let mut ws = ws(&server).await;
+    subscribe(&mut ws, "a").await;
+    // Below the limit: a client publish works.
+    send_json(
+        &mut ws,
+        json!({ "type": "publish", "channel": "a", "data": pad(500) }),
+    )
+    .await;
+    let mut kinds = vec![
+        next_json(&mut ws).await["type"].clone(),
+        next_json(&mut ws).await["type"].clone(),
+    ];
+    kinds.sort_by_key(Value::to_string);
+    assert_eq!(kinds, vec![json!("message"), json!("published")]);
+
+    // The publish API: data above the limit is 413 and nothing is delivered.
+    let res = publish(&client, &server, "a", json!(pad(2000))).await;
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+    publish_ok(&client, &server, "a", json!("small")).await;
+    let msg = expect_type(&mut ws, "message").await;
+    assert_eq!(
+        msg["data"], "small",
+        "the oversized message must not be delivered"
+    );
+
+    // A frame above the limit closes the connection with 1009.
+    let frame = json!({ "type": "publish", "channel": "a", "data": pad(2000) }).to_string();
+    ws.send(Message::text(frame)).await.unwrap();
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, Some(1009));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_rate_limits_then_closes_abusers() {
+    let server = TestServer::start(&yaml(
+        "limits: { client_rate: { per_second: 2, burst: 3 } }",
+    ))
+    .await;
+    let mut ws = ws(&server).await;
+    // Four at once: the burst of three passes, the fourth is refused.
+    for r in 0..4 {
+        ws.feed(Message::text(
+            json!({ "type": "ping", "ref": r }).to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let replies: Vec<Value> = [
+        next_json(&mut ws).await,
+        next_json(&mut ws).await,
+        next_json(&mut ws).await,
+        next_json(&mut ws).await,
+    ]
+    .into();
+    let pongs = replies.iter().filter(|v| v["type"] == "pong").count();
+    let limited: Vec<&Value> = replies.iter().filter(|v| v["type"] == "error").collect();
+    assert_eq!(pongs, 3, "{replies:?}");
+    assert_eq!(limited.len(), 1, "{replies:?}");
+    assert_eq!(limited[0]["code"], "rate_limited");
+
+    // Still open: the next request gets an answer (pong or another rate_limited).
+    send_json(&mut ws, json!({ "type": "ping" })).await;
+    let v = next_json(&mut ws).await;
+    assert!(v["type"] == "pong" || v["code"] == "rate_limited", "{v}");
+
+    // Sustained abuse: keep sending until the server gives up with 1008.
+    let ping = Message::text(json!({ "type": "ping" }).to_string());
+    let mut sent = 0;
+    while ws.send(ping.clone()).await.is_ok() && sent < 200 {
+        sent += 1;
+    }
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, Some(1008));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_rate_closes_a_steady_over_rate_sender() {
+    let server = TestServer::start(&yaml(
+        "limits: { client_rate: { per_second: 2, burst: 3 } }",
+    ))
+    .await;
+    let mut ws = ws(&server).await;
+    // Five times the allowed rate, paced: every half second one message is within the
+    // rate again, yet most are refused. That is abuse too, not only a single flood.
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    let code = within("the over-rate sender to be closed", async {
+        loop {
+            pace.tick().await;
+            if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                return close_code(&mut ws).await.0;
+            }
+            match futures_util::StreamExt::next(&mut ws).await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert!(v["type"] == "pong" || v["code"] == "rate_limited", "{v}");
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    // Finish the closing handshake so the server's session ends now.
+                    close_code(&mut ws).await;
+                    return frame.map(|f| u16::from(f.code));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(1008));
+    server.stop().await;
+}
+
+/// Data of message `n`: large, so a stalled reader's buffers fill quickly.
+fn bulky(n: usize) -> Value {
+    json!({ "n": n, "pad": pad(8 * 1024) })
+}
+
+const FLOOD: usize = 2000;
+/// Small enough that a stalled reader overflows within the flood (its socket buffers
+/// take a few MB, the flood is 16 MB), large enough that a reader which is merely
+/// descheduled for a moment on a loaded 2-core CI box is not mistaken for a slow one.
+const SMALL_QUEUE: &str = "limits: { subscriber_queue: 128 }";
+
+/// Reads `FLOOD` messages from a WebSocket and checks they are `0..FLOOD` in order.
+async fn read_all_ws<S>(mut ws: tokio_tungstenite::WebSocketStream<S>) -> usize
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for n in 0..FLOOD {
+        let v = expect_type(&mut ws, "message").await;
+        assert_eq!(
+            v["data"]["n"], n,
+            "websocket subscriber saw a gap or reorder"
+        );
+    }
+    hang_up(ws).await;
+    FLOOD
+}
+
+async fn read_all_sse(mut sse: Sse) -> usize {
+    for n in 0..FLOOD {
+        let ev = sse.next().await.expect("SSE stream of a fast reader ended");
+        let data: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
+        assert_eq!(data["n"], n, "SSE subscriber saw a gap or reorder");
+    }
+    FLOOD
+}
+
+/// Publishes `FLOOD` bulky messages one request at a time; every one must be a 200.
+async fn flood(server: &TestServer, channel: &str) {
+    let client = http();
+    for n in 0..FLOOD {
+        let res = publish(&client, server, channel, bulky(n)).await;
+        assert_eq!(res.status(), 200, "publish {n} failed");
+    }
+}
+
+fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_websocket_consumer_is_dropped_and_nobody_else_notices() {
+    let server = TestServer::start(&yaml(SMALL_QUEUE)).await;
+    let mut slow = ws_raw(&server, None, true).await.unwrap();
+    subscribe(&mut slow, "feed").await;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut w = ws(&server).await;
+        subscribe(&mut w, "feed").await;
+        readers.push(spawn(read_all_ws(w)));
+    }
+    for _ in 0..2 {
+        readers.push(spawn(read_all_sse(sse(&server, "channel=feed").await)));
+    }
+
+    // From here on `slow` is never polled until the flood is over.
+    flood(&server, "feed").await;
+    for r in readers {
+        assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
+    }
+    wait_metric(
+        &server,
+        "sidewire_evictions_total{kind=\"slow_consumer\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    // Dropped means dropped now, while it still reads nothing: not at its next read,
+    // nor at the heartbeat timeout. The fast readers have all hung up by now.
+    wait_metric(&server, &conns("websocket"), |v| v == 0.0).await;
+
+    let (code, seen) = close_code(&mut slow).await;
+    assert!(
+        code.is_none_or(|c| c == 1013),
+        "a slow consumer is closed with 1013 (or cut off), got {code:?}"
+    );
+    assert!(seen < FLOOD, "the slow consumer was never dropped");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_sse_reader_stream_ends() {
+    let server = TestServer::start(&yaml(SMALL_QUEUE)).await;
+    let stalled = sse_stalled(&server, "channel=feed").await;
+    wait_metric(&server, &conns("sse"), |v| v == 1.0).await;
+    let mut w = ws(&server).await;
+    subscribe(&mut w, "feed").await;
+    let readers = vec![
+        spawn(read_all_ws(w)),
+        spawn(read_all_sse(sse(&server, "channel=feed").await)),
+    ];
+
+    flood(&server, "feed").await;
+    for r in readers {
+        assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
+    }
+    wait_metric(
+        &server,
+        "sidewire_evictions_total{kind=\"slow_consumer\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+
+    let text = read_stalled_sse(stalled).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(
+        text.ends_with("\r\n0\r\n\r\n"),
+        "the stream must end cleanly (last chunk), got …{:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    let delivered = text.matches("\"n\":").count();
+    assert!(delivered < FLOOD, "the stalled reader was never dropped");
+    wait_metric(&server, &conns("sse"), |v| v == 0.0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_and_return_to_zero() {
+    let server = TestServer::start(&yaml("")).await;
+    let client = http();
+    let mut a = ws(&server).await;
+    let mut b = ws(&server).await;
+    subscribe(&mut a, "m").await;
+    subscribe(&mut b, "m").await;
+    subscribe(&mut b, "m2").await;
+    let mut s = sse(&server, "channel=m").await;
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, &conns("websocket")), 2.0);
+    assert_eq!(metric(&text, &conns("sse")), 1.0);
+    assert_eq!(metric(&text, "sidewire_subscriptions"), 4.0);
+
+    for n in 0..5 {
+        publish_ok(&client, &server, "m", json!(n)).await;
+    }
+    for n in 0..3 {
+        publish_ok(&client, &server, "m2", json!(n)).await;
+    }
+    for _ in 0..5 {
+        expect_type(&mut a, "message").await;
+        s.next().await.unwrap();
+    }
+    for _ in 0..8 {
+        expect_type(&mut b, "message").await;
+    }
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, "sidewire_messages_published_total"), 8.0);
+    assert_eq!(metric(&text, "sidewire_messages_delivered_total"), 18.0);
+
+    let res = poll(&client, &server, "channel=m&timeout=0").await;
+    assert_eq!(res.status(), 200);
+    hang_up(a).await;
+    hang_up(b).await;
+    drop(s);
+    for t in ["websocket", "sse", "longpoll"] {
+        wait_metric(&server, &conns(t), |v| v == 0.0).await;
+    }
+    wait_metric(&server, "sidewire_subscriptions", |v| v == 0.0).await;
+    server.stop().await;
+}
