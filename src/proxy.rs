@@ -1,12 +1,14 @@
 //! Pass-through to the backend (SPEC §8), in the order nginx and Envoy apply it:
-//! `check_framing` → `strip_hop_headers` → `add_forwarded` → `send` (with the header
-//! timeout) → `strip_hop_headers(response)` → stream the body back, never buffered.
+//! `check_framing` → `strip_hop_headers` → `add_forwarded` → `send` (until the backend
+//! has idled for `backend.timeout`) → `strip_hop_headers(response)` → stream the body
+//! back, never buffered.
 //! WebSocket (and any other HTTP/1.1) upgrades are tunnelled byte for byte.
 //!
 //! Owns: the keep-alive connection pool to the backend, which auth and webhooks reuse.
 //! Invariant: a request whose body may have been sent is never retried (hyper-util only
 //! retries requests that were never written to a connection).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use crate::config::BackendConfig;
 use crate::metrics::Metrics;
@@ -37,7 +40,7 @@ pub enum ProxyError {
     BadFraming(&'static str),
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
-    #[error("backend sent no response headers within {0:?}")]
+    #[error("backend idle for {0:?} without sending response headers")]
     BackendTimeout(Duration),
     #[error("backend request failed: {0}")]
     BackendFailed(String),
@@ -122,21 +125,55 @@ impl Proxy {
             .map_err(|_| ProxyError::BadFraming("invalid request target"))
     }
 
-    /// Sends a request to the backend and waits for its response headers, at most
-    /// `backend.timeout`. Used by pass-through, auth and webhooks.
+    /// Sends a request to the backend and waits for its response headers until the
+    /// backend has been idle for `backend.timeout`. Used by pass-through, auth and webhooks.
     pub async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.backend.timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::BackendTimeout(self.backend.timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
-            Ok(Ok(res)) => Ok(res),
+        let (req, progress) = watch_progress(req);
+        let timeout = self.backend.timeout;
+        let result = match until_idle(self.client.request(req), progress, timeout).await {
+            None => Err(ProxyError::BackendTimeout(timeout)),
+            Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
+            Some(Ok(res)) => Ok(res),
         };
         match &result {
             Ok(_) => metrics.upstream_latency(started.elapsed()),
             Err(e) => metrics.upstream_error(e.kind()),
         }
         result
+    }
+}
+
+/// Signals each request body frame the backend connection takes. The header timeout
+/// restarts on it, so it measures backend idleness, not upload time: a 1 GiB upload
+/// over a slow link must not become a 504 (Envoy likewise starts its route timeout at
+/// the end of the request).
+fn watch_progress(req: Request<Body>) -> (Request<Body>, watch::Receiver<()>) {
+    let (tx, rx) = watch::channel(());
+    let req = req.map(|body| {
+        body.map_frame(move |frame| {
+            tx.send_replace(());
+            frame
+        })
+        .boxed()
+    });
+    (req, rx)
+}
+
+/// Resolves to `fut`'s output, or `None` once `idle` passes without it finishing or
+/// `progress` ticking.
+async fn until_idle<F: Future>(fut: F, mut progress: watch::Receiver<()>, idle: Duration) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            changed = progress.changed() => if changed.is_err() {
+                // The body is done and dropped: only the response is left to wait for.
+                return tokio::time::timeout(idle, fut).await.ok();
+            },
+            () = tokio::time::sleep(idle) => return None,
+        }
     }
 }
 
@@ -165,6 +202,9 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts.uri, &parts.headers);
     let wants_trailers = te_trailers(&parts.headers);
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     strip_hop_headers(&mut parts.headers);
     if let Some(proto) = &upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -193,6 +233,9 @@ pub async fn forward(
 
 /// Refuses requests whose length is ambiguous (request smuggling): several
 /// `Content-Length` headers, or `Content-Length` together with `Transfer-Encoding`.
+/// hyper's HTTP/1 parser settles both before we see them (equal lengths merged,
+/// differing ones a 400, Transfer-Encoding wins and the connection closes), so this
+/// mostly guards HTTP/2, where h2 checks only the first `content-length`.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
@@ -245,6 +288,18 @@ pub fn strip_hop_headers(headers: &mut HeaderMap) {
     }
     for name in HOP_HEADERS {
         headers.remove(name);
+    }
+}
+
+/// HTTP/2 clients may send one `Cookie` field per crumb; before an HTTP/1.1 hop they
+/// must be joined with "; " (RFC 9113 §8.2.3), as many backends read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let crumbs: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(joined) = HeaderValue::from_bytes(&crumbs.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
     }
 }
 
@@ -321,7 +376,9 @@ mod tests {
         h.insert("trailer", "x-checksum".parse().unwrap());
         h.insert("x-keep", "yes".parse().unwrap());
         strip_hop_headers(&mut h);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        // HeaderMap does not keep insertion order once entries are removed.
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ["trailer", "x-keep"]);
     }
 

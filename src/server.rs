@@ -1,13 +1,16 @@
 //! Accept loops for the public, TLS and admin listeners, and per-connection serving
 //! with hyper-util's auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) builder.
 //!
-//! Owns: connection-level limits (header size and read timeout, TLS handshake timeout),
-//! the open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
+//! Owns: connection-level limits (header size; header read timeout, which also bounds
+//! the wait for a connection's first request; TLS handshake timeout), the
+//! open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
 //! connections are not hyper's any more; their tasks are on the shared tracker.
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::State;
 use crate::proxy::Peer;
-use crate::respond::Body;
+use crate::respond::{Body, BoxError};
 
 /// Pause after a failed `accept` (typically out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -87,6 +91,9 @@ pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
     }
 }
 
+/// A connection being served, until it ends.
+type Served = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
 struct Connection {
     stream: TcpStream,
     addr: SocketAddr,
@@ -101,31 +108,58 @@ impl Connection {
         let _ = self.stream.set_nodelay(true);
         let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
         let kind = self.kind;
+        let limit = state.config.load().limits.header_read_timeout;
+        let first_request = CancellationToken::new();
+        let seen = first_request.clone();
         let svc_state = Arc::clone(&state);
         let service = service_fn(move |req: Request<Incoming>| {
+            seen.cancel();
             let state = Arc::clone(&svc_state);
             async move { Ok::<_, Infallible>(dispatch(state, kind, peer, req).await) }
         });
-        let result = match (self.kind, &state.tls) {
+        // Boxed so both arms have one type (and rustc can see the future is `Send`).
+        let served: Served = match (self.kind, &state.tls) {
             (Kind::Tls, Some(tls)) => {
-                let timeout = state.config.load().limits.header_read_timeout;
                 let acceptor = tls.acceptor();
-                let stream = match tokio::time::timeout(timeout, acceptor.accept(self.stream)).await {
+                let stream = match tokio::time::timeout(limit, acceptor.accept(self.stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                self.watcher.watch(conn.into_owned()).await
+                Box::pin(self.watcher.watch(conn.into_owned()))
             }
             _ => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
-                self.watcher.watch(conn.into_owned()).await
+                Box::pin(self.watcher.watch(conn.into_owned()))
             }
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+        match first_request_within(served, &first_request, limit).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+            None => tracing::debug!("no request head within header_read_timeout; closed"),
         }
+    }
+}
+
+/// Drives `conn`, but drops it (closing the socket) if no request has started within
+/// `limit`. hyper's own `header_read_timeout` only starts once the auto builder has read
+/// enough to pick HTTP/1, so a client that sends nothing, or part of the HTTP/2
+/// preface, would otherwise hold its socket forever (slowloris). Later requests are
+/// hyper's business: HTTP/1 applies its timeout to every head.
+async fn first_request_within(
+    conn: Served,
+    first: &CancellationToken,
+    limit: Duration,
+) -> Option<Result<(), BoxError>> {
+    let deadline = async {
+        if tokio::time::timeout(limit, first.cancelled()).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        out = conn => Some(out),
+        () = deadline => None,
     }
 }
 

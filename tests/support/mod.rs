@@ -1,6 +1,9 @@
 //! Test harness: a real sidewire on port 0 and a real fake backend on port 0.
 #![allow(dead_code)]
 
+pub mod raw;
+pub mod stream;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
