@@ -18,19 +18,13 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
-        (&Method::GET, "/metrics") => Ok(with_body(
-            StatusCode::OK,
-            METRICS_CONTENT_TYPE,
-            state.metrics.encode(),
-        )),
+        (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode())),
         (&Method::POST, "/publish") => crate::publish::publish(state, &config, req).await,
         (&Method::GET, "/channels") => crate::publish::channels(state, &config, &req),
         (&Method::GET, "/presence") => crate::publish::presence(state, &config, &req),
-        (_, "/publish" | "/channels" | "/presence") => Err(Rejection::json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "method not allowed",
-        )),
+        (_, "/publish" | "/channels" | "/presence") => {
+            Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed"))
+        }
         _ => Err(Rejection::not_found()),
     };
     res.unwrap_or_else(Rejection::into_response)

@@ -46,12 +46,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn anonymous() -> Self {
-        Self {
-            user: None,
-            patterns: Vec::new(),
-            info: None,
-            expires: None,
-        }
+        Self { user: None, patterns: Vec::new(), info: None, expires: None }
     }
 }
 
@@ -92,17 +87,9 @@ impl AuthError {
 impl From<AuthError> for Rejection {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing => Rejection::json(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authentication required",
-            ),
-            AuthError::Invalid => {
-                Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "Invalid token")
-            }
-            AuthError::Forbidden => {
-                Rejection::json(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            }
+            AuthError::Missing => Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            AuthError::Invalid => Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "Invalid token"),
+            AuthError::Forbidden => Rejection::json(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             AuthError::Unavailable(_) => Rejection::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -141,58 +128,24 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Finds the client's credential: `auth.token_query`, then `auth.token_header`
 /// (`Bearer <t>` or bare), then `auth.token_cookie`. `None` when there is none.
-pub fn credential(
-    cfg: &AuthConfig,
-    headers: &HeaderMap,
-    query: &[(String, String)],
-    peer: Peer,
-) -> Option<Credential> {
-    let from_query = cfg
-        .token_query
-        .as_ref()
-        .and_then(|q| query.iter().find(|(k, _)| k == q))
-        .map(|(_, v)| v.as_str());
-    let from_header = cfg
-        .token_header
-        .as_ref()
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let v = v.trim();
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim()
-        });
-    let from_cookie = cfg
-        .token_cookie
-        .as_ref()
-        .and_then(|c| cookie_value(headers, c));
+pub fn credential(cfg: &AuthConfig, headers: &HeaderMap, query: &[(String, String)], peer: Peer) -> Option<Credential> {
+    let from_query = cfg.token_query.as_ref().and_then(|q| query.iter().find(|(k, _)| k == q)).map(|(_, v)| v.as_str());
+    let from_header = cfg.token_header.as_ref().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok()).map(|v| {
+        let v = v.trim();
+        v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim()
+    });
+    let from_cookie = cfg.token_cookie.as_ref().and_then(|c| cookie_value(headers, c));
     let (source, token) = [("q", from_query), ("h", from_header), ("c", from_cookie)]
         .into_iter()
         .find_map(|(s, t)| t.filter(|t| !t.is_empty()).map(|t| (s, t)))?;
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{source}\0{token}").as_bytes(),
-    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{source}\0{token}").as_bytes());
     let mut key = [0u8; 32];
     key.copy_from_slice(digest.as_ref());
     let mut fwd = HeaderMap::new();
     crate::proxy::add_forwarded(&mut fwd, peer, None);
-    let prior: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let own = fwd
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let chain = if prior.is_empty() {
-        own.to_owned()
-    } else {
-        format!("{}, {own}", prior.join(", "))
-    };
+    let prior: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let own = fwd.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let chain = if prior.is_empty() { own.to_owned() } else { format!("{}, {own}", prior.join(", ")) };
     Some(Credential {
         token: token.to_owned(),
         cookie: headers.get(header::COOKIE).cloned(),
@@ -243,17 +196,10 @@ impl Auth {
     ) -> Result<Arc<Identity>, AuthError> {
         let config = state.config.load_full();
         let Some(cred) = cred else {
-            return if config.auth.anonymous {
-                Ok(Arc::new(Identity::anonymous()))
-            } else {
-                Err(AuthError::Missing)
-            };
+            return if config.auth.anonymous { Ok(Arc::new(Identity::anonymous())) } else { Err(AuthError::Missing) };
         };
         let cell = self.cell(cred.key);
-        let outcome = cell
-            .get_or_init(|| ask_backend(state, &config.auth, cred, req))
-            .await
-            .clone();
+        let outcome = cell.get_or_init(|| ask_backend(state, &config.auth, cred, req)).await.clone();
         match outcome {
             Outcome::Allowed(id) => Ok(id),
             Outcome::Denied(e, _) => Err(e),
@@ -301,12 +247,7 @@ fn expired(outcome: &Outcome, now: Instant) -> bool {
 }
 
 /// One backend auth call, mapped to an outcome.
-async fn ask_backend(
-    state: &State,
-    cfg: &AuthConfig,
-    cred: &Credential,
-    req: AuthRequest<'_>,
-) -> Outcome {
+async fn ask_backend(state: &State, cfg: &AuthConfig, cred: &Credential, req: AuthRequest<'_>) -> Outcome {
     let proxy = state.proxy.load_full();
     let body = serde_json::json!({
         "token": cred.token,
@@ -322,14 +263,8 @@ async fn ask_backend(
     *call.method_mut() = Method::POST;
     *call.uri_mut() = uri;
     let h = call.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    for (name, value) in [
-        (header::COOKIE, &cred.cookie),
-        (header::AUTHORIZATION, &cred.authorization),
-    ] {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in [(header::COOKIE, &cred.cookie), (header::AUTHORIZATION, &cred.authorization)] {
         if let Some(v) = value {
             h.insert(name, v.clone());
         }
@@ -350,28 +285,17 @@ async fn ask_backend(
         StatusCode::UNAUTHORIZED => Outcome::Denied(AuthError::Invalid, now + cfg.negative_ttl),
         StatusCode::FORBIDDEN => Outcome::Denied(AuthError::Forbidden, now + cfg.negative_ttl),
         other => {
-            tracing::warn!(
-                status = other.as_u16(),
-                "auth endpoint answered an unexpected status"
-            );
-            Outcome::Failed(AuthError::Unavailable(format!(
-                "auth endpoint answered {other}"
-            )))
+            tracing::warn!(status = other.as_u16(), "auth endpoint answered an unexpected status");
+            Outcome::Failed(AuthError::Unavailable(format!("auth endpoint answered {other}")))
         }
     }
 }
 
-async fn parse_answer(
-    res: http::Response<hyper::body::Incoming>,
-    cfg: &AuthConfig,
-    now: Instant,
-) -> Outcome {
+async fn parse_answer(res: http::Response<hyper::body::Incoming>, cfg: &AuthConfig, now: Instant) -> Outcome {
     let bytes: Bytes = match Limited::new(res.into_body(), MAX_ANSWER).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            return Outcome::Failed(AuthError::Unavailable(format!(
-                "reading the auth answer: {e}"
-            )));
+            return Outcome::Failed(AuthError::Unavailable(format!("reading the auth answer: {e}")));
         }
     };
     let answer: Answer = match serde_json::from_slice(&bytes) {
@@ -421,11 +345,7 @@ pub async fn recheck(
             return std::future::pending().await;
         };
         tokio::time::sleep_until(deadline).await;
-        let ask = AuthRequest {
-            transport,
-            path: &path,
-            channels: Vec::new(),
-        };
+        let ask = AuthRequest { transport, path: &path, channels: Vec::new() };
         match state.auth.identify(&state, cred.as_ref(), ask).await {
             Ok(id) => return Ok(id),
             Err(AuthError::Unavailable(e)) => {
@@ -446,20 +366,14 @@ mod tests {
     }
 
     fn peer() -> Peer {
-        Peer {
-            addr: "10.1.2.3:5555".parse().unwrap(),
-            tls: false,
-        }
+        Peer { addr: "10.1.2.3:5555".parse().unwrap(), tls: false }
     }
 
     #[test]
     fn credential_sources_in_order() {
         let c = cfg("auth: { token_cookie: session }\n");
         let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer hdr"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; session=ck"));
         let q = vec![("token".to_owned(), "qt".to_owned())];
         assert_eq!(credential(&c, &h, &q, peer()).unwrap().token, "qt");
@@ -482,9 +396,6 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("a"));
         let ha = credential(&c, &h, &[], peer()).unwrap();
         assert_ne!(a.key, b.key);
-        assert_ne!(
-            a.key, ha.key,
-            "same text from another source is another credential"
-        );
+        assert_ne!(a.key, ha.key, "same text from another source is another credential");
     }
 }

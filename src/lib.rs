@@ -87,11 +87,7 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Listen {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -119,9 +115,7 @@ pub struct App {
 pub struct Handle(Arc<State>);
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError::Listen { what, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| BindError::Listen { what, addr, source })
 }
 
 impl App {
@@ -132,10 +126,7 @@ impl App {
         let (tls_listener, tls) = match &config.tls {
             Some(t) => {
                 let store = Tls::load(&t.cert, &t.key).await?;
-                (
-                    Some(listen("tls.listen", t.listen).await?),
-                    Some(Arc::new(store)),
-                )
+                (Some(listen("tls.listen", t.listen).await?), Some(Arc::new(store)))
             }
             None => (None, None),
         };
@@ -155,25 +146,12 @@ impl App {
             auth: auth::Auth::default(),
             lifecycle,
         });
-        Ok(Self {
-            state,
-            public,
-            tls: tls_listener,
-            admin,
-            events,
-        })
+        Ok(Self { state, public, tls: tls_listener, admin, events })
     }
 
     pub fn local_addrs(&self) -> Addrs {
-        let addr = |l: &TcpListener| {
-            l.local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
-        Addrs {
-            public: addr(&self.public),
-            tls: self.tls.as_ref().map(addr),
-            admin: addr(&self.admin),
-        }
+        let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Addrs { public: addr(&self.public), tls: self.tls.as_ref().map(addr), admin: addr(&self.admin) }
     }
 
     pub fn handle(&self) -> Handle {
@@ -184,25 +162,13 @@ impl App {
     pub async fn run(self) {
         let state = self.state;
         let sd = state.shutdown.clone();
-        sd.spawn(server::serve(
-            self.public,
-            server::Kind::Public,
-            Arc::clone(&state),
-        ));
-        sd.spawn(server::serve(
-            self.admin,
-            server::Kind::Admin,
-            Arc::clone(&state),
-        ));
+        sd.spawn(server::serve(self.public, server::Kind::Public, Arc::clone(&state)));
+        sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
         if let Some(l) = self.tls {
             sd.spawn(server::serve(l, server::Kind::Tls, Arc::clone(&state)));
         }
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
-            sd.spawn(Arc::clone(tls).watch(
-                cfg.watch_interval,
-                Arc::clone(&state.metrics),
-                sd.clone(),
-            ));
+            sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
         }
         sd.spawn(sweep(state.hub.clone(), sd.clone()));
         sd.spawn(webhook::run(Arc::clone(&state), self.events, sd.clone()));
@@ -254,11 +220,7 @@ impl Handle {
 }
 
 /// Serves one request on a public listener: route, then exactly one entry point.
-pub(crate) async fn handle(
-    state: Arc<State>,
-    peer: Peer,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let config = state.config.load_full();
     let method = req.method().clone();
@@ -272,9 +234,7 @@ pub(crate) async fn handle(
         Route::Realtime(route, params) => match route.transport {
             config::Transport::WebSocket => ws::upgrade(&state, &config, route, params, peer, req),
             config::Transport::Sse => sse::open(&state, &config, route, params, peer, req).await,
-            config::Transport::LongPoll => {
-                longpoll::wait(&state, &config, route, params, peer, req).await
-            }
+            config::Transport::LongPoll => longpoll::wait(&state, &config, route, params, peer, req).await,
         },
     };
     let res = res.unwrap_or_else(Rejection::into_response);

@@ -55,10 +55,7 @@ impl Limits {
             return Err(Refused::PerIp);
         }
         *count += 1;
-        Ok(Admission {
-            limits: self.clone(),
-            ip,
-        })
+        Ok(Admission { limits: self.clone(), ip })
     }
 
     pub fn total(&self) -> usize {
@@ -68,12 +65,7 @@ impl Limits {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .limits
-            .0
-            .per_ip
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut per_ip = self.limits.0.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

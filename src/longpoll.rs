@@ -37,11 +37,7 @@ fn timeout(query: &[(String, String)]) -> Result<Duration, Rejection> {
         Err(_) => humantime::parse_duration(text),
     };
     parsed.map(|d| d.min(MAX_TIMEOUT)).map_err(|_| {
-        Rejection::json(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("bad timeout {text:?}: use e.g. 30s or 0"),
-        )
+        Rejection::json(StatusCode::BAD_REQUEST, "bad_request", format!("bad timeout {text:?}: use e.g. 30s or 0"))
     })
 }
 
@@ -55,23 +51,15 @@ pub async fn wait(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     if req.method() != Method::GET {
-        return Err(Rejection::json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "long-poll uses GET",
-        ));
+        return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "long-poll uses GET"));
     }
     let query = realtime::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
     let (_, identity) = realtime::identify(state, config, &req, &query, peer, "longpoll").await?;
     let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
-    let since = query
-        .iter()
-        .find(|(k, _)| k == "since")
-        .map(|(_, v)| v.as_str());
+    let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str());
     let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;
-    let (mut stream, opened) =
-        Stream::open(session, channels, since, config.limits.subscriber_queue);
+    let (mut stream, opened) = Stream::open(session, channels, since, config.limits.subscriber_queue);
     let mut messages = opened.replay;
     let mut draining = false;
     if messages.is_empty() && opened.reset.is_empty() && !timeout.is_zero() {
@@ -90,12 +78,8 @@ pub async fn wait(
         }
     }
     messages.truncate(MAX_BATCH);
-    let mut res = json(
-        StatusCode::OK,
-        &answer(&mut stream, &messages, &opened.reset),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut res = json(StatusCode::OK, &answer(&mut stream, &messages, &opened.reset));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if draining {
         let secs = 1 + crate::sse::spread_ms(stream.session.conn, config.shutdown_grace) / 1000;
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -105,11 +89,7 @@ pub async fn wait(
     Ok(res)
 }
 
-fn answer(
-    stream: &mut Stream,
-    messages: &[Arc<Message>],
-    reset: &[crate::names::ChannelName],
-) -> serde_json::Value {
+fn answer(stream: &mut Stream, messages: &[Arc<Message>], reset: &[crate::names::ChannelName]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = messages
         .iter()
         .map(|m| {

@@ -54,25 +54,16 @@ const UPSTREAM_ERROR_KINDS: [&str; 4] = ["bad_request", "connect", "timeout", "f
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Upstream latency buckets, seconds: 0.5 ms .. 30 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sidewire");
         let open_connections = Family::<ListenerLabel, Gauge>::default();
-        registry.register(
-            "open_connections",
-            "Open client connections by listener",
-            open_connections.clone(),
-        );
+        registry.register("open_connections", "Open client connections by listener", open_connections.clone());
         let requests = Family::<ClassLabel, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests on the public listeners by status class",
-            requests.clone(),
-        );
+        registry.register("requests", "Requests on the public listeners by status class", requests.clone());
         let upstream_latency = Histogram::new(LATENCY_BUCKETS);
         registry.register(
             "upstream_latency_seconds",
@@ -80,63 +71,23 @@ impl Metrics {
             upstream_latency.clone(),
         );
         let upstream_errors = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Failed backend requests by kind",
-            upstream_errors.clone(),
-        );
+        registry.register("upstream_errors", "Failed backend requests by kind", upstream_errors.clone());
         let reloads = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "reloads",
-            "Config and certificate reloads by outcome",
-            reloads.clone(),
-        );
+        registry.register("reloads", "Config and certificate reloads by outcome", reloads.clone());
         let transports = Family::<TransportLabel, Gauge>::default();
-        registry.register(
-            "realtime_connections",
-            "Open realtime connections by transport",
-            transports.clone(),
-        );
+        registry.register("realtime_connections", "Open realtime connections by transport", transports.clone());
         let evictions = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "evictions",
-            "Realtime connections closed by sidewire, by reason",
-            evictions.clone(),
-        );
+        registry.register("evictions", "Realtime connections closed by sidewire, by reason", evictions.clone());
         let hub = crate::hub::HubStats {
-            evicted_slow: evictions
-                .get_or_create(&KindLabel {
-                    kind: "slow_consumer",
-                })
-                .clone(),
+            evicted_slow: evictions.get_or_create(&KindLabel { kind: "slow_consumer" }).clone(),
             ..Default::default()
         };
-        registry.register(
-            "subscriptions",
-            "Channel subscriptions on this instance",
-            hub.subscriptions.clone(),
-        );
-        registry.register(
-            "messages_published",
-            "Messages published through this instance",
-            hub.published.clone(),
-        );
-        registry.register(
-            "messages_delivered",
-            "Messages queued to subscribers",
-            hub.delivered.clone(),
-        );
-        registry.register(
-            "history_messages",
-            "Messages held in history rings",
-            hub.history.clone(),
-        );
+        registry.register("subscriptions", "Channel subscriptions on this instance", hub.subscriptions.clone());
+        registry.register("messages_published", "Messages published through this instance", hub.published.clone());
+        registry.register("messages_delivered", "Messages queued to subscribers", hub.delivered.clone());
+        registry.register("history_messages", "Messages held in history rings", hub.history.clone());
         let webhook_dropped = Family::<KindLabel, Counter>::default();
-        registry.register(
-            "webhook_dropped",
-            "Lifecycle webhook events dropped, by reason",
-            webhook_dropped.clone(),
-        );
+        registry.register("webhook_dropped", "Lifecycle webhook events dropped, by reason", webhook_dropped.clone());
         for kind in UPSTREAM_ERROR_KINDS {
             drop(upstream_errors.get_or_create(&KindLabel { kind }));
         }
@@ -159,29 +110,21 @@ impl Metrics {
 
     /// Counts an open connection until the guard drops.
     pub fn connection(&self, listener: &'static str) -> ConnectionGuard {
-        let gauge = self
-            .open_connections
-            .get_or_create(&ListenerLabel { listener })
-            .clone();
+        let gauge = self.open_connections.get_or_create(&ListenerLabel { listener }).clone();
         gauge.inc();
         ConnectionGuard(gauge)
     }
 
     /// Counts an open realtime connection of `transport` until the guard drops.
     pub fn transport(&self, transport: &'static str) -> ConnectionGuard {
-        let gauge = self
-            .transports
-            .get_or_create(&TransportLabel { transport })
-            .clone();
+        let gauge = self.transports.get_or_create(&TransportLabel { transport }).clone();
         gauge.inc();
         ConnectionGuard(gauge)
     }
 
     /// Counts a connection closed by sidewire for `reason`.
     pub fn eviction(&self, reason: &'static str) {
-        self.evictions
-            .get_or_create(&KindLabel { kind: reason })
-            .inc();
+        self.evictions.get_or_create(&KindLabel { kind: reason }).inc();
     }
 
     pub fn webhook_dropped(&self, reason: &'static str) {
@@ -189,9 +132,7 @@ impl Metrics {
     }
 
     pub fn webhook_dropped_n(&self, reason: &'static str, n: u64) {
-        self.webhook_dropped
-            .get_or_create(&KindLabel { kind: reason })
-            .inc_by(n);
+        self.webhook_dropped.get_or_create(&KindLabel { kind: reason }).inc_by(n);
     }
 
     pub fn request(&self, status: http::StatusCode) {
@@ -210,9 +151,7 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&KindLabel { kind })
-            .inc();
+        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn reload(&self, kind: &'static str) {

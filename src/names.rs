@@ -32,10 +32,7 @@ fn check(text: &str, allow_star: bool) -> Result<(), NameError> {
     if text.len() > MAX_CHANNEL_LEN {
         return Err(NameError::TooLong);
     }
-    match text
-        .chars()
-        .find(|&c| !(c.is_ascii() && is_channel_byte(c as u8) || allow_star && c == '*'))
-    {
+    match text.chars().find(|&c| !(c.is_ascii() && is_channel_byte(c as u8) || allow_star && c == '*')) {
         Some(c) => Err(NameError::BadChar(c)),
         None => Ok(()),
     }

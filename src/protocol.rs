@@ -58,21 +58,10 @@ impl ErrorCode {
 /// A client request.
 #[derive(Debug)]
 pub enum ClientMsg {
-    Subscribe {
-        channel: String,
-        since: Option<String>,
-    },
-    Unsubscribe {
-        channel: String,
-    },
-    Publish {
-        channel: String,
-        event: Option<String>,
-        data: Box<RawValue>,
-    },
-    Presence {
-        channel: String,
-    },
+    Subscribe { channel: String, since: Option<String> },
+    Unsubscribe { channel: String },
+    Publish { channel: String, event: Option<String>, data: Box<RawValue> },
+    Presence { channel: String },
     Ping,
 }
 
@@ -114,29 +103,16 @@ fn salvage_ref(text: &str) -> Option<Box<RawValue>> {
 
 /// Parses one text frame into a request and its `ref`.
 pub fn parse(text: &str) -> Result<(ClientMsg, Option<Box<RawValue>>), BadRequest> {
-    let env: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
-        message: format!("malformed request: {e}"),
-        reference: salvage_ref(text),
-    })?;
+    let env: Envelope = serde_json::from_str(text)
+        .map_err(|e| BadRequest { message: format!("malformed request: {e}"), reference: salvage_ref(text) })?;
     let reference = env.reference;
-    let need = |field: Option<String>, name: &str| {
-        field.ok_or_else(|| format!("{} needs \"{name}\"", env.kind))
-    };
+    let need = |field: Option<String>, name: &str| field.ok_or_else(|| format!("{} needs \"{name}\"", env.kind));
     let msg = match env.kind.as_str() {
-        "subscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Subscribe {
-            channel,
-            since: env.since,
-        }),
-        "unsubscribe" => {
-            need(env.channel, "channel").map(|channel| ClientMsg::Unsubscribe { channel })
-        }
+        "subscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Subscribe { channel, since: env.since }),
+        "unsubscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Unsubscribe { channel }),
         "presence" => need(env.channel, "channel").map(|channel| ClientMsg::Presence { channel }),
         "publish" => need(env.channel, "channel").and_then(|channel| match env.data {
-            Some(data) => Ok(ClientMsg::Publish {
-                channel,
-                event: env.event,
-                data,
-            }),
+            Some(data) => Ok(ClientMsg::Publish { channel, event: env.event, data }),
             None => Err("publish needs \"data\"".to_owned()),
         }),
         "ping" => Ok(ClientMsg::Ping),
@@ -160,21 +136,12 @@ struct Out<'a, T: Serialize> {
 
 /// Encodes a server frame `{"type": kind, ...body, "ref"?}`.
 pub fn encode<T: Serialize>(kind: &str, body: T, reference: Option<&RawValue>) -> String {
-    serde_json::to_string(&Out {
-        kind,
-        body,
-        reference,
-    })
-    .unwrap_or_else(|_| format!("{{\"type\":\"{kind}\"}}"))
+    serde_json::to_string(&Out { kind, body, reference }).unwrap_or_else(|_| format!("{{\"type\":\"{kind}\"}}"))
 }
 
 /// `error {code, message, ref?}`.
 pub fn error(code: ErrorCode, message: &str, reference: Option<&RawValue>) -> String {
-    encode(
-        "error",
-        serde_json::json!({ "code": code, "message": message }),
-        reference,
-    )
+    encode("error", serde_json::json!({ "code": code, "message": message }), reference)
 }
 
 #[derive(Serialize)]
@@ -191,11 +158,7 @@ struct MessageBody<'a> {
 /// once per message (see `Message::ws_frame`).
 pub fn encode_message(msg: &Message) -> String {
     if msg.kind != crate::hub::message::Kind::Publish {
-        let kind = if msg.kind == crate::hub::message::Kind::Join {
-            "join"
-        } else {
-            "leave"
-        };
+        let kind = if msg.kind == crate::hub::message::Kind::Join { "join" } else { "leave" };
         // The data of a presence message is exactly `{"channel","user"}`.
         let body: serde_json::Value = serde_json::from_str(msg.data.get()).unwrap_or_default();
         return encode(kind, body, None);
@@ -215,14 +178,12 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        let (m, r) =
-            parse(r#"{"type":"subscribe","channel":"room:1","since":"a.1","ref":7}"#).unwrap();
+        let (m, r) = parse(r#"{"type":"subscribe","channel":"room:1","since":"a.1","ref":7}"#).unwrap();
         assert!(
             matches!(m, ClientMsg::Subscribe { ref channel, since: Some(ref s) } if channel == "room:1" && s == "a.1")
         );
         assert_eq!(r.unwrap().get(), "7");
-        let (m, _) =
-            parse(r#"{"type":"publish","channel":"c","event":"chat","data":{"x":[1,2]}}"#).unwrap();
+        let (m, _) = parse(r#"{"type":"publish","channel":"c","event":"chat","data":{"x":[1,2]}}"#).unwrap();
         assert!(matches!(m, ClientMsg::Publish { ref data, .. } if data.get() == r#"{"x":[1,2]}"#));
         let e = parse(r#"{"type":"nope","ref":"r1"}"#).unwrap_err();
         assert!(e.message.contains("unknown type"));
@@ -247,10 +208,7 @@ mod tests {
             error(ErrorCode::Forbidden, "no", Some(&r)),
             r#"{"type":"error","code":"forbidden","message":"no","ref":{"a":1}}"#
         );
-        assert_eq!(
-            encode("pong", serde_json::json!({}), None),
-            r#"{"type":"pong"}"#
-        );
+        assert_eq!(encode("pong", serde_json::json!({}), None), r#"{"type":"pong"}"#);
         let msg = Message::new(
             crate::names::ChannelName::new("room:1").unwrap(),
             Some(crate::hub::cursor::MessageId { epoch: 10, seq: 3 }),

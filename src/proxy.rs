@@ -1,12 +1,14 @@
 //! Pass-through to the backend (SPEC §8), in the order nginx and Envoy apply it:
-//! `check_framing` → `strip_hop_headers` → `add_forwarded` → `send` (with the header
-//! timeout) → `strip_hop_headers(response)` → stream the body back, never buffered.
+//! `check_framing` → `strip_hop_headers` → `add_forwarded` → `send` (until the backend
+//! has idled for `backend.timeout`) → `strip_hop_headers(response)` → stream the body
+//! back, never buffered.
 //! WebSocket (and any other HTTP/1.1) upgrades are tunnelled byte for byte.
 //!
 //! Owns: the keep-alive connection pool to the backend, which auth and webhooks reuse.
 //! Invariant: a request whose body may have been sent is never retried (hyper-util only
 //! retries requests that were never written to a connection).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use crate::config::BackendConfig;
 use crate::metrics::Metrics;
@@ -37,7 +40,7 @@ pub enum ProxyError {
     BadFraming(&'static str),
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
-    #[error("backend sent no response headers within {0:?}")]
+    #[error("backend idle for {0:?} without sending response headers")]
     BackendTimeout(Duration),
     #[error("backend request failed: {0}")]
     BackendFailed(String),
@@ -58,21 +61,16 @@ impl ProxyError {
 impl From<ProxyError> for Rejection {
     fn from(e: ProxyError) -> Self {
         match e {
-            ProxyError::BadFraming(why) => {
-                Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}"))
+            ProxyError::BadFraming(why) => Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}")),
+            ProxyError::BackendTimeout(_) => {
+                Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
             }
-            ProxyError::BackendTimeout(_) => Rejection::plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway Timeout: the backend did not answer in time",
-            ),
-            ProxyError::BackendUnreachable(_) => Rejection::plain(
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway: the backend is unreachable",
-            ),
-            ProxyError::BackendFailed(_) => Rejection::plain(
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway: the backend request failed",
-            ),
+            ProxyError::BackendUnreachable(_) => {
+                Rejection::plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend is unreachable")
+            }
+            ProxyError::BackendFailed(_) => {
+                Rejection::plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend request failed")
+            }
         }
     }
 }
@@ -109,10 +107,7 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self {
-            client,
-            backend: backend.clone(),
-        }
+        Self { client, backend: backend.clone() }
     }
 
     pub fn backend(&self) -> &BackendConfig {
@@ -130,27 +125,55 @@ impl Proxy {
             .map_err(|_| ProxyError::BadFraming("invalid request target"))
     }
 
-    /// Sends a request to the backend and waits for its response headers, at most
-    /// `backend.timeout`. Used by pass-through, auth and webhooks.
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-        metrics: &Metrics,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    /// Sends a request to the backend and waits for its response headers until the
+    /// backend has been idle for `backend.timeout`. Used by pass-through, auth and webhooks.
+    pub async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.backend.timeout, self.client.request(req))
-            .await
-        {
-            Err(_) => Err(ProxyError::BackendTimeout(self.backend.timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
-            Ok(Ok(res)) => Ok(res),
+        let (req, progress) = watch_progress(req);
+        let timeout = self.backend.timeout;
+        let result = match until_idle(self.client.request(req), progress, timeout).await {
+            None => Err(ProxyError::BackendTimeout(timeout)),
+            Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
+            Some(Ok(res)) => Ok(res),
         };
         match &result {
             Ok(_) => metrics.upstream_latency(started.elapsed()),
             Err(e) => metrics.upstream_error(e.kind()),
         }
         result
+    }
+}
+
+/// Signals each request body frame the backend connection takes. The header timeout
+/// restarts on it, so it measures backend idleness, not upload time: a 1 GiB upload
+/// over a slow link must not become a 504 (Envoy likewise starts its route timeout at
+/// the end of the request).
+fn watch_progress(req: Request<Body>) -> (Request<Body>, watch::Receiver<()>) {
+    let (tx, rx) = watch::channel(());
+    let req = req.map(|body| {
+        body.map_frame(move |frame| {
+            tx.send_replace(());
+            frame
+        })
+        .boxed_unsync()
+    });
+    (req, rx)
+}
+
+/// Resolves to `fut`'s output, or `None` once `idle` passes without it finishing or
+/// `progress` ticking.
+async fn until_idle<F: Future>(fut: F, mut progress: watch::Receiver<()>, idle: Duration) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            changed = progress.changed() => if changed.is_err() {
+                // The body is done and dropped: only the response is left to wait for.
+                return tokio::time::timeout(idle, fut).await.ok();
+            },
+            () = tokio::time::sleep(idle) => return None,
+        }
     }
 }
 
@@ -179,17 +202,16 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts.uri, &parts.headers);
     let wants_trailers = te_trailers(&parts.headers);
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     strip_hop_headers(&mut parts.headers);
     if let Some(proto) = &upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
     if wants_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     add_forwarded(&mut parts.headers, peer, host.as_ref());
     if let (Some(h), false) = (&host, parts.headers.contains_key(header::HOST)) {
@@ -200,8 +222,7 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
     let mut res = proxy.send(out, metrics).await?;
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status())
-    {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         return Ok(tunnel(shutdown, client_upgrade, &mut res));
     }
     strip_hop_headers(res.headers_mut());
@@ -212,15 +233,16 @@ pub async fn forward(
 
 /// Refuses requests whose length is ambiguous (request smuggling): several
 /// `Content-Length` headers, or `Content-Length` together with `Transfer-Encoding`.
+/// hyper's HTTP/1 parser settles both before we see them (equal lengths merged,
+/// differing ones a 400, Transfer-Encoding wins and the connection closes), so this
+/// mostly guards HTTP/2, where h2 checks only the first `content-length`.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
         return Err(ProxyError::BadFraming("more than one Content-Length"));
     }
     if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadFraming(
-            "both Content-Length and Transfer-Encoding",
-        ));
+        return Err(ProxyError::BadFraming("both Content-Length and Transfer-Encoding"));
     }
     Ok(())
 }
@@ -269,12 +291,22 @@ pub fn strip_hop_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// HTTP/2 clients may send one `Cookie` field per crumb; before an HTTP/1.1 hop they
+/// must be joined with "; " (RFC 9113 §8.2.3), as many backends read only the first.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let crumbs: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(joined) = HeaderValue::from_bytes(&crumbs.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
     match headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
-        None => uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     }
 }
 
@@ -285,23 +317,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<&HeaderVa
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     let ip = peer.addr.ip().to_canonical().to_string();
-    let prior: Vec<&str> = headers
-        .get_all(&XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let chain = if prior.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", prior.join(", "))
-    };
+    let prior: Vec<&str> = headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()).collect();
+    let chain = if prior.is_empty() { ip } else { format!("{}, {ip}", prior.join(", ")) };
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(XFF, v);
     }
-    headers.insert(
-        XFP,
-        HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
-    );
+    headers.insert(XFP, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     match host {
         Some(h) => headers.insert(XFH, h.clone()),
         None => headers.remove(XFH),
@@ -338,8 +359,7 @@ fn tunnel(
     let upgrade = backend_res.headers().get(header::UPGRADE).cloned();
     *res.headers_mut() = std::mem::take(backend_res.headers_mut());
     strip_hop_headers(res.headers_mut());
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(u) = upgrade {
         res.headers_mut().insert(header::UPGRADE, u);
     }
@@ -360,8 +380,9 @@ mod tests {
         h.insert("trailer", "x-checksum".parse().unwrap());
         h.insert("x-keep", "yes".parse().unwrap());
         strip_hop_headers(&mut h);
+        // HeaderMap does not keep insertion order once entries are removed.
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
+        names.sort_unstable();
         assert_eq!(names, ["trailer", "x-keep"]);
     }
 
@@ -371,10 +392,7 @@ mod tests {
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
-        let peer = Peer {
-            addr: "[::ffff:10.0.0.9]:5000".parse().unwrap(),
-            tls: false,
-        };
+        let peer = Peer { addr: "[::ffff:10.0.0.9]:5000".parse().unwrap(), tls: false };
         add_forwarded(&mut h, peer, Some(&HeaderValue::from_static("app.test")));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");

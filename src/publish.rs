@@ -77,33 +77,16 @@ impl Item {
 
 impl Payload {
     fn into_items(self) -> Result<Vec<Item>, Rejection> {
-        let Payload {
-            messages,
-            channel,
-            channels,
-            event,
-            data,
-            idempotency_key,
-            exclude_connection,
-        } = self;
-        let single = Item {
-            channel,
-            channels,
-            event,
-            data,
-            idempotency_key,
-            exclude_connection,
-        };
+        let Payload { messages, channel, channels, event, data, idempotency_key, exclude_connection } = self;
+        let single = Item { channel, channels, event, data, idempotency_key, exclude_connection };
         match messages {
             None => Ok(vec![single]),
             // A message field beside `messages` would be silently dropped otherwise.
-            Some(_) if !single.is_empty() => Err(bad(
-                "give either \"messages\" or a single message's fields, not both",
-            )),
-            Some(m) if m.is_empty() => Err(bad("\"messages\" is empty")),
-            Some(m) if m.len() > MAX_BATCH => {
-                Err(bad(format!("at most {MAX_BATCH} messages per batch")))
+            Some(_) if !single.is_empty() => {
+                Err(bad("give either \"messages\" or a single message's fields, not both"))
             }
+            Some(m) if m.is_empty() => Err(bad("\"messages\" is empty")),
+            Some(m) if m.len() > MAX_BATCH => Err(bad(format!("at most {MAX_BATCH} messages per batch"))),
             Some(m) => Ok(m),
         }
     }
@@ -149,18 +132,10 @@ pub fn authorized(config: &Config, req: &Request<Incoming>) -> Result<(), Reject
     let Some(secret) = &config.admin.secret else {
         return Ok(());
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     match given {
         Some(g) if constant_time_eq(g.trim().as_bytes(), secret.expose().as_bytes()) => Ok(()),
-        _ => Err(Rejection::json(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong admin secret",
-        )),
+        _ => Err(Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin secret")),
     }
 }
 
@@ -176,22 +151,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /publish`.
-pub async fn publish(
-    state: &State,
-    config: &Config,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Rejection> {
+pub async fn publish(state: &State, config: &Config, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, &req)?;
     let limit = (config.limits.max_message_bytes * 4).max(1 << 20);
     let body = read_body(req, limit).await?;
-    let payload: Payload = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("malformed publish request: {e}")))?;
+    let payload: Payload = serde_json::from_slice(&body).map_err(|e| bad(format!("malformed publish request: {e}")))?;
     let items = payload.into_items()?;
-    let checked = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| check(state, config, item, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let checked =
+        items.iter().enumerate().map(|(i, item)| check(state, config, item, i)).collect::<Result<Vec<_>, _>>()?;
     let mut ids = Vec::new();
     for c in checked {
         ids.extend(apply(state, c)?);
@@ -213,33 +180,22 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reject
 
 fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Checked, Rejection> {
     let at = |msg: String| {
-        if index == 0 {
-            msg
-        } else {
-            format!("messages[{index}]: {msg}")
-        }
+        if index == 0 { msg } else { format!("messages[{index}]: {msg}") }
     };
     let mut names: Vec<&String> = match (&item.channel, &item.channels) {
         (Some(c), None) => vec![c],
         (None, Some(cs)) if !cs.is_empty() => cs.iter().collect(),
         (Some(_), Some(_)) => {
-            return Err(bad(at(
-                "give either \"channel\" or \"channels\", not both".into()
-            )));
+            return Err(bad(at("give either \"channel\" or \"channels\", not both".into())));
         }
         _ => {
-            return Err(bad(at(
-                "\"channel\" (or a non-empty \"channels\") is required".into(),
-            )));
+            return Err(bad(at("\"channel\" (or a non-empty \"channels\") is required".into())));
         }
     };
     // A channel named twice gets the message once (its id is listed once).
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.as_str()));
-    let data = item
-        .data
-        .as_deref()
-        .ok_or_else(|| bad(at("\"data\" is required".into())))?;
+    let data = item.data.as_deref().ok_or_else(|| bad(at("\"data\" is required".into())))?;
     let exclude: Option<ConnId> = match &item.exclude_connection {
         // A connection of another instance is not here to exclude.
         Some(text) => state.hub.parse_conn(text),
@@ -247,20 +203,11 @@ fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Ch
     };
     let mut drafts = Vec::with_capacity(names.len());
     for name in names {
-        let channel: ChannelName =
-            realtime::channel_name(name).map_err(|e| with_index(e, index))?;
-        let p = Publish {
-            channel: &channel,
-            event: item.event.as_deref(),
-            data,
-            exclude,
-        };
+        let channel: ChannelName = realtime::channel_name(name).map_err(|e| with_index(e, index))?;
+        let p = Publish { channel: &channel, event: item.event.as_deref(), data, exclude };
         drafts.push(realtime::prepare(config, &p).map_err(|e| with_index(e, index))?);
     }
-    Ok(Checked {
-        drafts,
-        key: item.idempotency_key.clone().filter(|k| !k.is_empty()),
-    })
+    Ok(Checked { drafts, key: item.idempotency_key.clone().filter(|k| !k.is_empty()) })
 }
 
 fn with_index(mut e: ChannelError, index: usize) -> Rejection {
@@ -276,11 +223,7 @@ fn apply(state: &State, checked: Checked) -> Result<Vec<Option<String>>, Rejecti
         return publish_all(state, checked.drafts);
     };
     // Held across the (synchronous) publish so two concurrent retries cannot both deliver.
-    let mut idem = state
-        .idempotency
-        .inner
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let mut idem = state.idempotency.inner.lock().unwrap_or_else(PoisonError::into_inner);
     idem.expire(Instant::now());
     if let Some(ids) = idem.ids.get(&key) {
         return Ok(ids.clone());
@@ -291,15 +234,10 @@ fn apply(state: &State, checked: Checked) -> Result<Vec<Option<String>>, Rejecti
     Ok(ids)
 }
 
-fn publish_all(
-    state: &State,
-    drafts: Vec<(Draft, Retention)>,
-) -> Result<Vec<Option<String>>, Rejection> {
+fn publish_all(state: &State, drafts: Vec<(Draft, Retention)>) -> Result<Vec<Option<String>>, Rejection> {
     drafts
         .into_iter()
-        .map(|(draft, retention)| {
-            realtime::publish(state, draft, retention).map(|id| id.map(|i| i.to_string()))
-        })
+        .map(|(draft, retention)| realtime::publish(state, draft, retention).map(|id| id.map(|i| i.to_string())))
         .collect::<Result<_, _>>()
         .map_err(Rejection::from)
 }
@@ -312,13 +250,10 @@ pub fn publish_list(
     list: &serde_json::Value,
 ) -> Result<Vec<Option<String>>, Rejection> {
     // Items hold `RawValue`, which only deserializes from text.
-    let items: Vec<Item> = serde_json::from_str(&list.to_string())
-        .map_err(|e| bad(format!("malformed publish list: {e}")))?;
-    let checked = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| check(state, config, item, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    let items: Vec<Item> =
+        serde_json::from_str(&list.to_string()).map_err(|e| bad(format!("malformed publish list: {e}")))?;
+    let checked =
+        items.iter().enumerate().map(|(i, item)| check(state, config, item, i)).collect::<Result<Vec<_>, _>>()?;
     let mut ids = Vec::new();
     for c in checked {
         ids.extend(apply(state, c)?);
@@ -327,11 +262,7 @@ pub fn publish_list(
 }
 
 /// `GET /presence?channel=…`: users present on a presence channel of this instance.
-pub fn presence(
-    state: &State,
-    config: &Config,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, Rejection> {
+pub fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, req)?;
     let query = realtime::query_pairs(req.uri().query());
     let name = query
@@ -341,11 +272,7 @@ pub fn presence(
         .ok_or_else(|| bad("?channel= is required"))?;
     let channel = realtime::channel_name(name)?;
     let policy = realtime::policy(config, &channel).ok_or_else(|| {
-        Rejection::json(
-            StatusCode::BAD_REQUEST,
-            "unknown_channel",
-            format!("no channel policy matches {channel}"),
-        )
+        Rejection::json(StatusCode::BAD_REQUEST, "unknown_channel", format!("no channel policy matches {channel}"))
     })?;
     if !policy.presence {
         return Err(bad(format!("presence is not enabled on {channel}")));
@@ -355,22 +282,13 @@ pub fn presence(
         .presence(&channel)
         .unwrap_or_default()
         .into_iter()
-        .map(
-            |(user, n, info)| serde_json::json!({ "user": &*user, "connections": n, "info": info }),
-        )
+        .map(|(user, n, info)| serde_json::json!({ "user": &*user, "connections": n, "info": info }))
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "channel": channel.as_str(), "users": users }),
-    ))
+    Ok(json(StatusCode::OK, &serde_json::json!({ "channel": channel.as_str(), "users": users })))
 }
 
 /// `GET /channels`: channels with subscribers on this instance.
-pub fn channels(
-    state: &State,
-    config: &Config,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, Rejection> {
+pub fn channels(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, req)?;
     let list: Vec<serde_json::Value> = state
         .hub
@@ -378,10 +296,7 @@ pub fn channels(
         .into_iter()
         .map(|(name, n)| serde_json::json!({ "channel": name.as_str(), "subscribers": n }))
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "channels": list }),
-    ))
+    Ok(json(StatusCode::OK, &serde_json::json!({ "channels": list })))
 }
 
 #[cfg(test)]
@@ -391,20 +306,14 @@ mod tests {
     #[test]
     fn payload_forms() {
         let one: Payload = serde_json::from_str(r#"{"channel":"a","data":{"x": 1}}"#).unwrap();
-        assert_eq!(
-            one.into_items().unwrap()[0].data.as_ref().unwrap().get(),
-            r#"{"x": 1}"#
-        );
-        let batch: Payload = serde_json::from_str(
-            r#"{"messages":[{"channel":"a","data":1},{"channel":"b","data":2}]}"#,
-        )
-        .unwrap();
+        assert_eq!(one.into_items().unwrap()[0].data.as_ref().unwrap().get(), r#"{"x": 1}"#);
+        let batch: Payload =
+            serde_json::from_str(r#"{"messages":[{"channel":"a","data":1},{"channel":"b","data":2}]}"#).unwrap();
         assert_eq!(batch.into_items().unwrap().len(), 2);
         assert!(serde_json::from_str::<Payload>(r#"{"chanel":"a","data":1}"#).is_err());
         let null: Payload = serde_json::from_str(r#"{"channel":"a","data":null}"#).unwrap();
         assert_eq!(null.data.as_ref().unwrap().get(), "null");
-        let mixed: Payload =
-            serde_json::from_str(r#"{"messages":[{"channel":"a","data":1}],"event":"e"}"#).unwrap();
+        let mixed: Payload = serde_json::from_str(r#"{"messages":[{"channel":"a","data":1}],"event":"e"}"#).unwrap();
         assert!(mixed.into_items().is_err());
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));

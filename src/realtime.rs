@@ -30,35 +30,14 @@ pub fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), Re
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         return Ok(());
     };
-    let origin = origin
-        .to_str()
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_ascii_lowercase();
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
     let allowed = if config.limits.origins.is_empty() {
-        let host = headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+        let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        origin.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
     } else {
-        config
-            .limits
-            .origins
-            .iter()
-            .any(|o| o == "*" || *o == origin)
+        config.limits.origins.iter().any(|o| o == "*" || *o == origin)
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(Rejection::json(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "origin not allowed",
-        ))
-    }
+    if allowed { Ok(()) } else { Err(Rejection::json(StatusCode::FORBIDDEN, "forbidden", "origin not allowed")) }
 }
 
 /// Identifies the client of a realtime request (credential, then the auth cache or the
@@ -73,26 +52,15 @@ pub async fn identify(
 ) -> Result<(Option<Credential>, Arc<Identity>), Rejection> {
     check_origin(config, req.headers())?;
     let cred = auth::credential(&config.auth, req.headers(), query, peer);
-    let channels = query
-        .iter()
-        .filter(|(k, _)| k == "channel")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let ask = AuthRequest {
-        transport,
-        path: req.uri().path(),
-        channels,
-    };
+    let channels = query.iter().filter(|(k, _)| k == "channel").map(|(_, v)| v.clone()).collect();
+    let ask = AuthRequest { transport, path: req.uri().path(), channels };
     let identity = state.auth.identify(state, cred.as_ref(), ask).await?;
     Ok((cred, identity))
 }
 
 /// The policy of the first `channels` entry matching `name`.
 pub fn policy<'a>(config: &'a Config, name: &ChannelName) -> Option<&'a ChannelPolicy> {
-    config
-        .channels
-        .iter()
-        .find(|p| p.pattern.matches(name.as_str()))
+    config.channels.iter().find(|p| p.pattern.matches(name.as_str()))
 }
 
 /// A refused channel: the WS error code and message, convertible to an HTTP rejection.
@@ -104,10 +72,7 @@ pub struct ChannelError {
 
 impl ChannelError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -126,8 +91,7 @@ impl From<ChannelError> for Rejection {
 
 /// Parses a channel name from a client.
 pub fn channel_name(text: &str) -> Result<ChannelName, ChannelError> {
-    ChannelName::new(text)
-        .map_err(|e| ChannelError::new(ErrorCode::BadRequest, format!("bad channel {text:?}: {e}")))
+    ChannelName::new(text).map_err(|e| ChannelError::new(ErrorCode::BadRequest, format!("bad channel {text:?}: {e}")))
 }
 
 /// Whether `identity` may subscribe to (or publish on) `name`; returns its policy.
@@ -136,32 +100,17 @@ pub fn authorize<'a>(
     identity: &Identity,
     name: &ChannelName,
 ) -> Result<&'a ChannelPolicy, ChannelError> {
-    let policy = policy(config, name).ok_or_else(|| {
-        ChannelError::new(
-            ErrorCode::UnknownChannel,
-            format!("no channel policy matches {name}"),
-        )
-    })?;
+    let policy = policy(config, name)
+        .ok_or_else(|| ChannelError::new(ErrorCode::UnknownChannel, format!("no channel policy matches {name}")))?;
     let allowed = match &identity.user {
         None => policy.public && config.auth.anonymous,
         Some(_) => identity.patterns.iter().any(|p| p.matches(name.as_str())),
     };
-    if allowed {
-        Ok(policy)
-    } else {
-        Err(ChannelError::new(
-            ErrorCode::Forbidden,
-            format!("not allowed on {name}"),
-        ))
-    }
+    if allowed { Ok(policy) } else { Err(ChannelError::new(ErrorCode::Forbidden, format!("not allowed on {name}"))) }
 }
 
 pub fn retention(policy: &ChannelPolicy) -> Retention {
-    Retention {
-        presence: policy.presence,
-        size: policy.history_size,
-        ttl: policy.history_ttl,
-    }
+    Retention { presence: policy.presence, size: policy.history_size, ttl: policy.history_ttl }
 }
 
 /// Decoded query parameters, in order.
@@ -171,10 +120,7 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((
-                percent_decode(&k.replace('+', " "))?,
-                percent_decode(&v.replace('+', " "))?,
-            ))
+            Some((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
         })
         .collect()
 }
@@ -195,58 +141,39 @@ pub fn stream_channels(
         }
     } else {
         for t in &route.channels {
-            let name = t
-                .fill(params, identity.user.as_deref())
-                .map_err(|e| match e {
-                    crate::template::FillError::NoUser => Rejection::json(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        format!("{{{USER_PARAM}}} needs an authenticated user"),
-                    ),
-                    other => {
-                        Rejection::json(StatusCode::BAD_REQUEST, "bad_request", other.to_string())
-                    }
-                })?;
+            let name = t.fill(params, identity.user.as_deref()).map_err(|e| match e {
+                crate::template::FillError::NoUser => Rejection::json(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    format!("{{{USER_PARAM}}} needs an authenticated user"),
+                ),
+                other => Rejection::json(StatusCode::BAD_REQUEST, "bad_request", other.to_string()),
+            })?;
             names.push(name);
         }
     }
     names.sort();
     names.dedup();
     if names.is_empty() {
-        return Err(Rejection::json(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "no channel: add ?channel=NAME",
-        ));
+        return Err(Rejection::json(StatusCode::BAD_REQUEST, "bad_request", "no channel: add ?channel=NAME"));
     }
     if names.len() > config.limits.max_channels_per_connection {
         return Err(Rejection::json(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            format!(
-                "at most {} channels per connection",
-                config.limits.max_channels_per_connection
-            ),
+            format!("at most {} channels per connection", config.limits.max_channels_per_connection),
         ));
     }
     names
         .into_iter()
-        .map(|n| {
-            authorize(config, identity, &n)
-                .map(|p| (n, retention(p)))
-                .map_err(Rejection::from)
-        })
+        .map(|n| authorize(config, identity, &n).map(|p| (n, retention(p))).map_err(Rejection::from))
         .collect()
 }
 
 /// Refusal of a connection by the limits, as an HTTP 429.
 impl From<Refused> for Rejection {
     fn from(e: Refused) -> Self {
-        Rejection::json(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            e.to_string(),
-        )
+        Rejection::json(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string())
     }
 }
 
@@ -262,31 +189,20 @@ pub struct Publish<'a> {
 /// published (a batch is checked whole first). Returns the draft and its retention.
 pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), ChannelError> {
     let policy = policy(config, p.channel).ok_or_else(|| {
-        ChannelError::new(
-            ErrorCode::UnknownChannel,
-            format!("no channel policy matches {}", p.channel),
-        )
+        ChannelError::new(ErrorCode::UnknownChannel, format!("no channel policy matches {}", p.channel))
     })?;
     if p.data.get().len() > config.limits.max_message_bytes {
         return Err(ChannelError::new(
             ErrorCode::TooLarge,
-            format!(
-                "data is larger than {} bytes",
-                config.limits.max_message_bytes
-            ),
+            format!("data is larger than {} bytes", config.limits.max_message_bytes),
         ));
     }
     if let Some(ev) = p.event
         && (ev.is_empty() || ev.len() > 64 || ev.contains(['\n', '\r']))
     {
-        return Err(ChannelError::new(
-            ErrorCode::BadRequest,
-            "event names are 1-64 characters without line breaks",
-        ));
+        return Err(ChannelError::new(ErrorCode::BadRequest, "event names are 1-64 characters without line breaks"));
     }
-    let ephemeral = p
-        .event
-        .is_some_and(|e| policy.ephemeral.iter().any(|x| x == e));
+    let ephemeral = p.event.is_some_and(|e| policy.ephemeral.iter().any(|x| x == e));
     let draft = Draft {
         channel: p.channel.clone(),
         event: p.event.map(Into::into),
@@ -298,11 +214,7 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
 }
 
 /// Publishes a prepared message through the broker.
-pub fn publish(
-    state: &State,
-    draft: Draft,
-    retention: Retention,
-) -> Result<Option<MessageId>, ChannelError> {
+pub fn publish(state: &State, draft: Draft, retention: Retention) -> Result<Option<MessageId>, ChannelError> {
     state
         .broker
         .publish(draft, retention)
@@ -379,12 +291,7 @@ impl Session {
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
         };
-        let member = identity.user.as_deref().map(|u| {
-            Arc::new(Member {
-                user: u.into(),
-                info: identity.info.clone(),
-            })
-        });
+        let member = identity.user.as_deref().map(|u| Arc::new(Member { user: u.into(), info: identity.info.clone() }));
         let session = Self {
             hub: state.hub.clone(),
             conn: state.hub.next_conn(),
@@ -426,13 +333,7 @@ impl Session {
     }
 
     /// Subscribes this connection to `name` and records it (emits `subscribe`).
-    pub fn subscribe(
-        &mut self,
-        name: &ChannelName,
-        outbox: &Outbox,
-        since: Since,
-        retention: Retention,
-    ) -> Subscribed {
+    pub fn subscribe(&mut self, name: &ChannelName, outbox: &Outbox, since: Since, retention: Retention) -> Subscribed {
         let sub = self.hub.subscribe(name, outbox, since, retention);
         if sub.added {
             self.channels.push(name.clone());
@@ -469,8 +370,7 @@ mod tests {
 
     #[test]
     fn compacts_outside_strings() {
-        let raw =
-            RawValue::from_string(r#"{ "a" : [1, 2.50, "x y\" z" ], "b":	true }"#.into()).unwrap();
+        let raw = RawValue::from_string(r#"{ "a" : [1, 2.50, "x y\" z" ], "b":	true }"#.into()).unwrap();
         assert_eq!(compact(&raw).get(), r#"{"a":[1,2.50,"x y\" z"],"b":true}"#);
     }
 

@@ -19,21 +19,14 @@ pub fn empty() -> Body {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A response with a fixed body and content type.
-pub fn with_body(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
+pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
 
@@ -61,23 +54,11 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn json(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            plain: false,
-            headers: Vec::new(),
-        }
+        Self { status, code, message: message.into(), plain: false, headers: Vec::new() }
     }
 
     pub fn plain(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: "",
-            message: message.into(),
-            plain: true,
-            headers: Vec::new(),
-        }
+        Self { status, code: "", message: message.into(), plain: true, headers: Vec::new() }
     }
 
     pub fn not_found() -> Self {
@@ -86,19 +67,11 @@ impl Rejection {
 
     pub fn into_response(self) -> Response<Body> {
         let mut res = if self.plain {
-            let mut res = with_body(
-                self.status,
-                "text/plain; charset=utf-8",
-                format!("{}\n", self.message),
-            );
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            let mut res = with_body(self.status, "text/plain; charset=utf-8", format!("{}\n", self.message));
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             res
         } else {
-            json(
-                self.status,
-                &serde_json::json!({ "error": self.code, "message": self.message }),
-            )
+            json(self.status, &serde_json::json!({ "error": self.code, "message": self.message }))
         };
         for (name, value) in self.headers {
             res.headers_mut().insert(name, value);

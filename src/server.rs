@@ -1,14 +1,16 @@
 //! Accept loops for the public, TLS and admin listeners, and per-connection serving
 //! with hyper-util's auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) builder.
 //!
-//! Owns: connection-level limits (header size and read timeout, TLS handshake timeout),
-//! the open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
+//! Owns: connection-level limits (header size; header read timeout, which also bounds
+//! the wait for a connection's first request; TLS handshake timeout), the
+//! open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
 //! connections are not hyper's any more; their tasks are on the shared tracker.
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +21,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::State;
 use crate::proxy::Peer;
-use crate::respond::Body;
+use crate::respond::{Body, BoxError};
 use crate::shutdown::Shutdown;
 
 /// Pause after a failed `accept` (typically out of file descriptors).
@@ -72,9 +75,7 @@ fn builder(state: &State) -> auto::Builder<Executor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
 
@@ -95,30 +96,19 @@ pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
                 }
             },
         };
-        let conn = Connection {
-            stream,
-            addr,
-            kind,
-            watcher: graceful.watcher(),
-        };
+        let conn = Connection { stream, addr, kind, watcher: graceful.watcher() };
         let span = tracing::debug_span!("conn", peer = %addr, listener = kind.label());
-        state.shutdown.spawn(
-            conn.run(Arc::clone(&state), Arc::clone(&builder))
-                .instrument(span),
-        );
+        state.shutdown.spawn(conn.run(Arc::clone(&state), Arc::clone(&builder)).instrument(span));
     }
     drop(listener);
     let grace = state.config.load().shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = kind.label(),
-            "shutdown grace elapsed with requests still in flight"
-        );
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = kind.label(), "shutdown grace elapsed with requests still in flight");
     }
 }
+
+/// A connection being served, until it ends.
+type Served = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 struct Connection {
     stream: TcpStream,
@@ -132,47 +122,64 @@ impl Connection {
         let _open = state.metrics.connection(self.kind.label());
         // Nagle only delays small realtime frames; the kernel coalesces bulk writes anyway.
         let _ = self.stream.set_nodelay(true);
-        let peer = Peer {
-            addr: self.addr,
-            tls: self.kind == Kind::Tls,
-        };
+        let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
         let kind = self.kind;
+        let limit = state.config.load().limits.header_read_timeout;
+        let first_request = CancellationToken::new();
+        let seen = first_request.clone();
         let svc_state = Arc::clone(&state);
         let service = service_fn(move |req: Request<Incoming>| {
+            seen.cancel();
             let state = Arc::clone(&svc_state);
             async move { Ok::<_, Infallible>(dispatch(state, kind, peer, req).await) }
         });
-        let result = match (self.kind, &state.tls) {
+        // Boxed so both arms have one type (and rustc can see the future is `Send`).
+        let served: Served = match (self.kind, &state.tls) {
             (Kind::Tls, Some(tls)) => {
-                let timeout = state.config.load().limits.header_read_timeout;
                 let acceptor = tls.acceptor();
-                let stream = match tokio::time::timeout(timeout, acceptor.accept(self.stream)).await
-                {
+                let stream = match tokio::time::timeout(limit, acceptor.accept(self.stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                self.watcher.watch(conn.into_owned()).await
+                Box::pin(self.watcher.watch(conn.into_owned()))
             }
             _ => {
-                let conn =
-                    builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
-                self.watcher.watch(conn.into_owned()).await
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
+                Box::pin(self.watcher.watch(conn.into_owned()))
             }
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+        match first_request_within(served, &first_request, limit).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+            None => tracing::debug!("no request head within header_read_timeout; closed"),
         }
     }
 }
 
-async fn dispatch(
-    state: Arc<State>,
-    kind: Kind,
-    peer: Peer,
-    req: Request<Incoming>,
-) -> Response<Body> {
+/// Drives `conn`, but drops it (closing the socket) if no request has started within
+/// `limit`. hyper's own `header_read_timeout` only starts once the auto builder has read
+/// enough to pick HTTP/1, so a client that sends nothing, or part of the HTTP/2
+/// preface, would otherwise hold its socket forever (slowloris). Later requests are
+/// hyper's business: HTTP/1 applies its timeout to every head.
+async fn first_request_within(
+    conn: Served,
+    first: &CancellationToken,
+    limit: Duration,
+) -> Option<Result<(), BoxError>> {
+    let deadline = async {
+        if tokio::time::timeout(limit, first.cancelled()).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        out = conn => Some(out),
+        () = deadline => None,
+    }
+}
+
+async fn dispatch(state: Arc<State>, kind: Kind, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     match kind {
         Kind::Admin => crate::admin::handle(&state, req).await,
         Kind::Public | Kind::Tls => crate::handle(state, peer, req).await,

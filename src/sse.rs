@@ -66,11 +66,7 @@ pub async fn open(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     if req.method() != Method::GET {
-        return Err(Rejection::json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "bad_request",
-            "SSE streams are opened with GET",
-        ));
+        return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
     }
     let query = realtime::query_pairs(req.uri().query());
     let (cred, identity) = realtime::identify(state, config, &req, &query, peer, "sse").await?;
@@ -80,31 +76,14 @@ pub async fn open(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| {
-            query
-                .iter()
-                .find(|(k, _)| k == "lastEventId")
-                .map(|(_, v)| v.clone())
-        });
+        .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
     let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
-    let (stream, opened) = Stream::open(
-        session,
-        channels,
-        last_id.as_deref(),
-        config.limits.subscriber_queue,
-    );
-    let recheck = Recheck {
-        state: Arc::clone(state),
-        cred,
-        path: req.uri().path().to_owned(),
-    };
+    let (stream, opened) = Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue);
+    let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
     let body = EventStream::new(state, config, stream, opened, recheck);
     let mut res = Response::new(body.boxed_unsync());
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
@@ -124,23 +103,13 @@ impl Recheck {
         &self,
         identity: Arc<crate::auth::Identity>,
     ) -> Pending<Result<Arc<crate::auth::Identity>, crate::auth::AuthError>> {
-        Box::pin(crate::auth::recheck(
-            Arc::clone(&self.state),
-            self.cred.clone(),
-            identity,
-            "sse",
-            self.path.clone(),
-        ))
+        Box::pin(crate::auth::recheck(Arc::clone(&self.state), self.cred.clone(), identity, "sse", self.path.clone()))
     }
 
     /// Whether a refreshed identity still covers every channel of the stream.
     fn still_allowed(&self, identity: &crate::auth::Identity, stream: &Stream) -> bool {
         let config = self.state.config.load();
-        stream
-            .session
-            .channels
-            .iter()
-            .all(|c| realtime::authorize(&config, identity, c).is_ok())
+        stream.session.channels.iter().all(|c| realtime::authorize(&config, identity, c).is_ok())
     }
 }
 
@@ -159,13 +128,7 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(
-        state: &State,
-        config: &Config,
-        mut stream: Stream,
-        opened: Opened,
-        recheck: Recheck,
-    ) -> Self {
+    fn new(state: &State, config: &Config, mut stream: Stream, opened: Opened, recheck: Recheck) -> Self {
         let mut head = BytesMut::new();
         let _ = write!(head, "retry: {RETRY_MS}\nid: ");
         stream.write_cursor(&mut head);
@@ -181,8 +144,7 @@ impl EventStream {
             write_event(&mut head, &mut stream, msg);
         }
         let interval = config.heartbeat.interval;
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let evicted = Box::pin(stream.inbox.evicted().clone().cancelled_owned());
         let expiry = recheck.arm(Arc::clone(&stream.session.identity));
@@ -226,10 +188,7 @@ impl http_body::Body for EventStream {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
@@ -294,18 +253,9 @@ mod tests {
 
     #[test]
     fn frames() {
-        assert_eq!(
-            encode_body(Some("chat"), &raw(r#"{"a":1}"#)),
-            "event: chat\ndata: {\"a\":1}\n\n"
-        );
-        assert_eq!(
-            encode_body(None, &raw(r#""hi\nthere""#)),
-            "data: hi\ndata: there\n\n"
-        );
-        assert_eq!(
-            encode_body(None, &raw(r#""a\r\nb\rc""#)),
-            "data: a\ndata: b\ndata: c\n\n"
-        );
+        assert_eq!(encode_body(Some("chat"), &raw(r#"{"a":1}"#)), "event: chat\ndata: {\"a\":1}\n\n");
+        assert_eq!(encode_body(None, &raw(r#""hi\nthere""#)), "data: hi\ndata: there\n\n");
+        assert_eq!(encode_body(None, &raw(r#""a\r\nb\rc""#)), "data: a\ndata: b\ndata: c\n\n");
         assert_eq!(encode_body(None, &raw("42")), "data: 42\n\n");
         assert_eq!(encode_body(None, &raw(r#""""#)), "data: \n\n");
     }

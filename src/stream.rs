@@ -40,22 +40,15 @@ impl Stream {
         // `Some(None)`: the client gave a cursor we cannot use (garbage, or one for another
         // channel list, which cannot be mapped position by position). That is a failed
         // resume the client must hear about, not a fresh start.
-        let cursor =
-            cursor.map(|text| Cursor::parse(text).filter(|c| c.positions.len() == channels.len()));
+        let cursor = cursor.map(|text| Cursor::parse(text).filter(|c| c.positions.len() == channels.len()));
         let mut replay = Vec::new();
         let mut reset = Vec::new();
         let mut positions = Vec::with_capacity(channels.len());
         for (i, (name, retention)) in channels.into_iter().enumerate() {
             let since = match &cursor {
-                Some(Some(c)) => Since::After {
-                    epoch: c.epoch,
-                    seq: c.positions[i],
-                },
+                Some(Some(c)) => Since::After { epoch: c.epoch, seq: c.positions[i] },
                 // Unparseable or mismatched cursor: resume is impossible; say so.
-                Some(None) => Since::After {
-                    epoch: Epoch(0),
-                    seq: 0,
-                },
+                Some(None) => Since::After { epoch: Epoch(0), seq: 0 },
                 None => Since::Live,
             };
             let sub = session.subscribe(&name, &outbox, since, retention);
@@ -70,15 +63,7 @@ impl Stream {
         }
         replay.sort_by_key(|m| m.id);
         let epoch = hub.epoch();
-        (
-            Self {
-                session,
-                inbox,
-                epoch,
-                positions,
-            },
-            Opened { replay, reset },
-        )
+        (Self { session, inbox, epoch, positions }, Opened { replay, reset })
     }
 
     /// Moves the cursor past `msg`; `false` for ephemeral messages (no id, no move).
@@ -91,10 +76,7 @@ impl Stream {
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            epoch: self.epoch,
-            positions: self.positions.clone(),
-        }
+        Cursor { epoch: self.epoch, positions: self.positions.clone() }
     }
 
     /// Writes the cursor text into `out` (no allocation beyond `out`).

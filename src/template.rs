@@ -45,20 +45,14 @@ impl PathTemplate {
             }
             if let Some(name) = param_name(seg) {
                 if !valid_param(name) {
-                    return Err(format!(
-                        "bad parameter {seg:?}: use {{name}} with [A-Za-z0-9_]"
-                    ));
+                    return Err(format!("bad parameter {seg:?}: use {{name}} with [A-Za-z0-9_]"));
                 }
                 if name == USER_PARAM {
-                    return Err(
-                        "{user} is the authenticated identity; it cannot come from the path".into(),
-                    );
+                    return Err("{user} is the authenticated identity; it cannot come from the path".into());
                 }
                 segments.push(Segment::Param(name.to_owned()));
             } else if seg.contains(['{', '}', '?', '#', '*']) {
-                return Err(format!(
-                    "segment {seg:?} mixes literal text and a parameter"
-                ));
+                return Err(format!("segment {seg:?} mixes literal text and a parameter"));
             } else {
                 segments.push(Segment::Literal(seg.to_owned()));
             }
@@ -66,10 +60,7 @@ impl PathTemplate {
         if rest.contains("//") {
             return Err("empty path segment".into());
         }
-        Ok(Self {
-            text: text.to_owned(),
-            segments,
-        })
+        Ok(Self { text: text.to_owned(), segments })
     }
 
     pub fn as_str(&self) -> &str {
@@ -152,10 +143,7 @@ impl ChannelTemplate {
                 found => {
                     let end = found.unwrap_or(rest.len());
                     let lit = &rest[..end];
-                    if let Some(c) = lit
-                        .chars()
-                        .find(|&c| !(c.is_ascii() && is_channel_byte(c as u8)))
-                    {
+                    if let Some(c) = lit.chars().find(|&c| !(c.is_ascii() && is_channel_byte(c as u8))) {
                         return Err(format!("character {c:?} is not allowed in a channel name"));
                     }
                     parts.push(Part::Text(lit.to_owned()));
@@ -166,10 +154,7 @@ impl ChannelTemplate {
         if parts.is_empty() {
             return Err("empty channel template".into());
         }
-        Ok(Self {
-            text: text.to_owned(),
-            parts,
-        })
+        Ok(Self { text: text.to_owned(), parts })
     }
 
     pub fn as_str(&self) -> &str {
@@ -223,14 +208,8 @@ mod tests {
     #[test]
     fn path_templates() {
         let t = PathTemplate::parse("/events/rooms/{room}").unwrap();
-        assert_eq!(
-            t.matches("/events/rooms/42"),
-            Some(vec![("room".into(), "42".into())])
-        );
-        assert_eq!(
-            t.matches("/events/rooms/42/"),
-            Some(vec![("room".into(), "42".into())])
-        );
+        assert_eq!(t.matches("/events/rooms/42"), Some(vec![("room".into(), "42".into())]));
+        assert_eq!(t.matches("/events/rooms/42/"), Some(vec![("room".into(), "42".into())]));
         assert_eq!(t.matches("/events/rooms"), None);
         assert_eq!(t.matches("/events/rooms/1/2"), None);
         assert_eq!(t.matches("/events/room/1"), None);
@@ -241,10 +220,7 @@ mod tests {
         assert!(PathTemplate::parse("/a/{user}").is_err());
         assert!(PathTemplate::parse("/a/x{y}").is_err());
         assert!(PathTemplate::parse("/a//b").is_err());
-        assert_eq!(
-            t.matches("/events/rooms/a%3Ab"),
-            Some(vec![("room".into(), "a:b".into())])
-        );
+        assert_eq!(t.matches("/events/rooms/a%3Ab"), Some(vec![("room".into(), "a:b".into())]));
     }
 
     #[test]
@@ -255,10 +231,7 @@ mod tests {
         let u = ChannelTemplate::parse("user:{user}").unwrap();
         assert!(u.needs_user());
         assert_eq!(u.fill(&vec![], None), Err(FillError::NoUser));
-        assert_eq!(
-            u.fill(&vec![], Some("alice")).unwrap().as_str(),
-            "user:alice"
-        );
+        assert_eq!(u.fill(&vec![], Some("alice")).unwrap().as_str(), "user:alice");
         let bad = vec![("room".to_owned(), "a b".to_owned())];
         assert!(matches!(t.fill(&bad, None), Err(FillError::Name(_))));
         assert!(ChannelTemplate::parse("room {x}").is_err());

@@ -22,10 +22,7 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: unreadable PEM certificate: {detail}")]
     BadCert { path: PathBuf, detail: String },
     #[error("{path}: no PEM certificate found")]
@@ -65,15 +62,11 @@ impl Tls {
 
     /// Points at new files (config reload); takes effect at the next [`Tls::reload`].
     pub fn set_paths(&self, cert: &Path, key: &Path) {
-        *self.paths.lock().unwrap_or_else(PoisonError::into_inner) =
-            (cert.to_owned(), key.to_owned());
+        *self.paths.lock().unwrap_or_else(PoisonError::into_inner) = (cert.to_owned(), key.to_owned());
     }
 
     fn paths(&self) -> (PathBuf, PathBuf) {
-        self.paths
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.paths.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Loads the files again; on failure the old certificate stays.
@@ -101,12 +94,7 @@ impl Tls {
 
     /// Polls the files every `interval` until shutdown and reloads when they change.
     /// Polling (rather than inotify) also sees Kubernetes' symlink-swapped secrets.
-    pub async fn watch(
-        self: Arc<Self>,
-        interval: Duration,
-        metrics: Arc<Metrics>,
-        shutdown: Shutdown,
-    ) {
+    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -142,12 +130,7 @@ async fn stamp(cert: &Path, key: &Path) -> Stamp {
 }
 
 async fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })
+    tokio::fs::read(path).await.map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
 async fn build(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
@@ -157,19 +140,12 @@ async fn build(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, T
     // that clients reject, while the previous certificate still works.
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::BadCert {
-            path: cert_path.to_owned(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::BadCert { path: cert_path.to_owned(), detail: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCert {
-            path: cert_path.to_owned(),
-        });
+        return Err(TlsError::NoCert { path: cert_path.to_owned() });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
-        path: key_path.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| TlsError::BadKey { path: key_path.to_owned(), detail: e.to_string() })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

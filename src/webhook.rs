@@ -44,9 +44,7 @@ pub fn signature(secret: &Secret, t: u64, body: &[u8]) -> String {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// What a webhook POST came back with.
@@ -76,10 +74,7 @@ pub async fn post(state: &State, body: &Value) -> Reply {
     let mut req = Request::new(full(text));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&sig) {
         req.headers_mut().insert("x-sidewire-signature", v);
     }
@@ -145,11 +140,7 @@ pub async fn run(state: std::sync::Arc<State>, mut rx: mpsc::Receiver<Value>, sh
                 Err(_) => break,
             }
         }
-        let body = if batch.len() == 1 {
-            batch.pop().unwrap_or(Value::Null)
-        } else {
-            Value::Array(batch)
-        };
+        let body = if batch.len() == 1 { batch.pop().unwrap_or(Value::Null) } else { Value::Array(batch) };
         deliver(&state, &body, &shutdown).await;
     }
 }
@@ -161,10 +152,7 @@ async fn deliver(state: &State, body: &Value, shutdown: &Shutdown) {
         match post(state, body).await {
             Reply::Accepted(_) => return,
             Reply::Rejected(status) => {
-                tracing::warn!(
-                    status = status.as_u16(),
-                    "backend refused lifecycle events; dropped"
-                );
+                tracing::warn!(status = status.as_u16(), "backend refused lifecycle events; dropped");
                 state.metrics.webhook_dropped_n("rejected", count);
                 return;
             }
@@ -188,11 +176,8 @@ mod tests {
     #[test]
     fn signature_matches_reference() {
         // Reference: python3 -c 'import hmac,hashlib;print(hmac.new(b"s3cret",b"1700000000.{}",hashlib.sha256).hexdigest())'
-        let secret = crate::Config::from_yaml("webhooks: { secret: s3cret }\n", &|_| None)
-            .unwrap()
-            .webhooks
-            .secret
-            .unwrap();
+        let secret =
+            crate::Config::from_yaml("webhooks: { secret: s3cret }\n", &|_| None).unwrap().webhooks.secret.unwrap();
         assert_eq!(
             signature(&secret, 1_700_000_000, b"{}"),
             "t=1700000000,v1=97926816e98fbb41ccb1673225ff29a2f35369099990e1b1561651e7bd097ebf"

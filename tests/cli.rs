@@ -34,10 +34,7 @@ struct ConfigFile {
 impl ConfigFile {
     fn new(yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let file = Self {
-            path: dir.path().join("config.yaml"),
-            _dir: dir,
-        };
+        let file = Self { path: dir.path().join("config.yaml"), _dir: dir };
         file.write(yaml);
         file
     }
@@ -48,13 +45,7 @@ impl ConfigFile {
 }
 
 fn check(config: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .arg("--check")
-        .arg("--config")
-        .arg(config)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    Command::new(BIN).arg("--check").arg("--config").arg(config).envs(env.iter().copied()).output().unwrap()
 }
 
 /// A running `sidewire` child; its stderr is collected line by line on a thread.
@@ -99,9 +90,7 @@ impl Sidewire {
             public: SocketAddr::from(([0, 0, 0, 0], 0)),
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let listening = proc
-            .wait_line(|l| l.contains("listening") && l.contains("public"))
-            .await;
+        let listening = proc.wait_line(|l| l.contains("listening") && l.contains("public")).await;
         let (public, admin) = listen_addrs(&listening);
         proc.public = public;
         proc.admin = admin;
@@ -125,27 +114,16 @@ impl Sidewire {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.join_reader();
-                panic!(
-                    "sidewire exited ({status}) before the expected log line:\n{}",
-                    self.log().join("\n")
-                );
+                panic!("sidewire exited ({status}) before the expected log line:\n{}", self.log().join("\n"));
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "expected log line missing:\n{}",
-                self.log().join("\n")
-            );
+            assert!(tokio::time::Instant::now() < until, "expected log line missing:\n{}", self.log().join("\n"));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Sends a signal with the `kill` utility (no libc in tests).
     fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success(), "kill -{name} failed");
     }
 
@@ -157,11 +135,7 @@ impl Sidewire {
                 self.join_reader();
                 return status;
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "sidewire did not exit:\n{}",
-                self.log().join("\n")
-            );
+            assert!(tokio::time::Instant::now() < until, "sidewire did not exit:\n{}", self.log().join("\n"));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -188,14 +162,9 @@ fn listen_addrs(line: &str) -> (SocketAddr, SocketAddr) {
     let addr = |k: &str| -> SocketAddr {
         let text = match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) => v[k].as_str().map(str::to_owned),
-            Err(_) => line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .map(str::to_owned),
+            Err(_) => line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(str::to_owned),
         };
-        text.unwrap_or_else(|| panic!("no {k} in {line}"))
-            .parse()
-            .unwrap()
+        text.unwrap_or_else(|| panic!("no {k} in {line}")).parse().unwrap()
     };
     (addr("public"), addr("admin"))
 }
@@ -210,10 +179,7 @@ fn base_yaml(backend: &str, grace: &str) -> String {
 async fn wait_refused(addr: SocketAddr) {
     let until = tokio::time::Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{addr} still accepts connections"
-        );
+        assert!(tokio::time::Instant::now() < until, "{addr} still accepts connections");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -222,12 +188,7 @@ async fn wait_refused(addr: SocketAddr) {
 fn check_accepts_a_valid_config() {
     let file = ConfigFile::new(&base_yaml("http://127.0.0.1:3000", "5s"));
     let out = check(&file.path, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
@@ -257,29 +218,14 @@ fn check_missing_file() {
     let out = check(&path, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot read") && err.contains("absent.yaml"),
-        "{err}"
-    );
+    assert!(err.contains("cannot read") && err.contains("absent.yaml"), "{err}");
 }
 
 #[test]
 fn check_expands_env_from_the_process_environment() {
-    let file =
-        ConfigFile::new("listen: \"${SW_CLI_LISTEN}\"\nbackend: { url: \"${SW_CLI_BACKEND}\" }\n");
-    let out = check(
-        &file.path,
-        &[
-            ("SW_CLI_LISTEN", "127.0.0.1:0"),
-            ("SW_CLI_BACKEND", "http://127.0.0.1:3000"),
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = ConfigFile::new("listen: \"${SW_CLI_LISTEN}\"\nbackend: { url: \"${SW_CLI_BACKEND}\" }\n");
+    let out = check(&file.path, &[("SW_CLI_LISTEN", "127.0.0.1:0"), ("SW_CLI_BACKEND", "http://127.0.0.1:3000")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = Command::new(BIN)
         .args(["--check", "--config"])
@@ -290,14 +236,8 @@ fn check_expands_env_from_the_process_environment() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("listen: environment variable SW_CLI_LISTEN is not set"),
-        "{err}"
-    );
-    assert!(
-        err.contains("backend.url: environment variable SW_CLI_BACKEND is not set"),
-        "{err}"
-    );
+    assert!(err.contains("listen: environment variable SW_CLI_LISTEN is not set"), "{err}");
+    assert!(err.contains("backend.url: environment variable SW_CLI_BACKEND is not set"), "{err}");
 }
 
 /// A backend whose requests report their arrival, then wait until released.
@@ -355,19 +295,9 @@ async fn sigterm_does_not_wait_past_the_grace() {
     sw.signal("TERM");
     let status = sw.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{}", sw.log().join("\n"));
-    assert!(
-        sw.log().iter().any(|l| l.contains("grace elapsed")),
-        "{}",
-        sw.log().join("\n")
-    );
+    assert!(sw.log().iter().any(|l| l.contains("grace elapsed")), "{}", sw.log().join("\n"));
     // The process is gone, so the client's connection is too.
-    assert!(
-        tokio::time::timeout(DEADLINE, in_flight)
-            .await
-            .unwrap()
-            .unwrap()
-            .is_err()
-    );
+    assert!(tokio::time::timeout(DEADLINE, in_flight).await.unwrap().unwrap().is_err());
 }
 
 /// An HTTP/1.1 keep-alive connection kept across reloads.
@@ -376,24 +306,15 @@ struct KeepAlive(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
 impl KeepAlive {
     async fn open(addr: SocketAddr) -> Self {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
         tokio::spawn(conn);
         Self(sender)
     }
 
     async fn get(&mut self, path: &str) -> Response<Incoming> {
         self.0.ready().await.expect("keep-alive connection dropped");
-        let req = Request::get(path)
-            .header("host", "sidewire.test")
-            .body(Empty::new())
-            .unwrap();
-        let res = self
-            .0
-            .send_request(req)
-            .await
-            .expect("keep-alive connection dropped");
+        let req = Request::get(path).header("host", "sidewire.test").body(Empty::new()).unwrap();
+        let res = self.0.send_request(req).await.expect("keep-alive connection dropped");
         assert!(res.status().is_success(), "{}", res.status());
         res
     }
@@ -408,12 +329,9 @@ impl KeepAlive {
 }
 
 async fn named_backend(name: &'static str) -> FakeBackend {
-    FakeBackend::start(move |_req| async move {
-        Response::builder()
-            .header("x-backend", name)
-            .body(full(name))
-            .unwrap()
-    })
+    FakeBackend::start(
+        move |_req| async move { Response::builder().header("x-backend", name).body(full(name)).unwrap() },
+    )
     .await
 }
 
@@ -450,17 +368,9 @@ async fn sighup_applies_a_new_config_without_dropping_connections() {
 async fn send_secrets(sw: &Sidewire) {
     // HTTP/1.1 and h2c: they log through different code (h2 frames at debug).
     install_crypto();
-    let h2c = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
     for client in [http(), h2c] {
-        for (path, want) in [
-            ("/app/page", 200),
-            ("/events", 503),
-            ("/_sidewire/nope", 404),
-        ] {
+        for (path, want) in [("/app/page", 200), ("/events", 503), ("/_sidewire/nope", 404)] {
             let res = client
                 .get(sw.url(&format!("{path}?token=SECRET123&channel=room:1")))
                 .header("cookie", "session=COOKIESECRET456; theme=dark")
@@ -483,15 +393,9 @@ async fn secrets_never_reach_the_logs() {
         sw.signal("TERM");
         assert_eq!(sw.wait_exit().await.code(), Some(0));
         let log = sw.log().join("\n");
-        assert!(
-            log.contains("/app/page"),
-            "debug access logs expected:\n{log}"
-        );
+        assert!(log.contains("/app/page"), "debug access logs expected:\n{log}");
         for secret in ["SECRET123", "COOKIESECRET456", "AUTHSECRET789"] {
-            assert!(
-                !log.contains(secret),
-                "{secret} leaked into the {format} log:\n{log}"
-            );
+            assert!(!log.contains(secret), "{secret} leaked into the {format} log:\n{log}");
         }
     }
 }
@@ -514,12 +418,8 @@ async fn json_logs_are_one_object_per_line() {
     assert!(lines.len() > 5, "{lines:?}");
     let mut access = 0;
     for line in &lines {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            v.is_object() && v["level"].is_string() && v["timestamp"].is_string(),
-            "{line}"
-        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.is_object() && v["level"].is_string() && v["timestamp"].is_string(), "{line}");
         if v["target"] == "sidewire::access" {
             // Every request logs inside its connection's span, HTTP/2 streams included.
             access += 1;

@@ -44,10 +44,7 @@ async fn max_connections_refuses_the_next_realtime_connection() {
     let poll_task = pending_poll(&server, 1.0).await;
 
     assert_refused(&sse_try(&server, "channel=a").await.err().unwrap(), 429);
-    assert_refused(
-        &poll_refused(&client, &server, "channel=a&timeout=0").await,
-        429,
-    );
+    assert_refused(&poll_refused(&client, &server, "channel=a&timeout=0").await, 429);
     match ws_try(&server, "/ws").await {
         Err(Refusal::Status(429)) => {}
         other => panic!("expected HTTP 429 before the upgrade, got {other:?}"),
@@ -57,10 +54,7 @@ async fn max_connections_refuses_the_next_realtime_connection() {
     assert_eq!(res.status(), 200);
 
     hang_up(first).await;
-    let again = eventually("a freed slot", || async {
-        ws_try(&server, "/ws").await.ok()
-    })
-    .await;
+    let again = eventually("a freed slot", || async { ws_try(&server, "/ws").await.ok() }).await;
     hang_up(again).await;
 
     publish_ok(&client, &server, "idle", json!("wake")).await;
@@ -76,28 +70,19 @@ async fn max_connections_per_ip_counts_each_address() {
     let _sse = sse(&server, "channel=a").await;
 
     assert_refused(&sse_try(&server, "channel=a").await.err().unwrap(), 429);
-    assert_refused(
-        &poll_refused(&client, &server, "channel=a&timeout=0").await,
-        429,
-    );
+    assert_refused(&poll_refused(&client, &server, "channel=a&timeout=0").await, 429);
     match ws_try(&server, "/ws").await {
         Err(Refusal::Status(429)) => {}
         other => panic!("expected HTTP 429 before the upgrade, got {other:?}"),
     }
     // Another address has its own allowance.
     let other: IpAddr = LOCALHOST_2.parse().unwrap();
-    let from_other = ws_raw(&server, Some(other), false)
-        .await
-        .unwrap_or_else(|r| panic!("{LOCALHOST_2} refused: {r:?}"));
-    let _sse_other = sse_from(&http_from(other), &server, "channel=a")
-        .await
-        .unwrap();
+    let from_other =
+        ws_raw(&server, Some(other), false).await.unwrap_or_else(|r| panic!("{LOCALHOST_2} refused: {r:?}"));
+    let _sse_other = sse_from(&http_from(other), &server, "channel=a").await.unwrap();
 
     hang_up(first).await;
-    let again = eventually("a freed slot", || async {
-        ws_try(&server, "/ws").await.ok()
-    })
-    .await;
+    let again = eventually("a freed slot", || async { ws_try(&server, "/ws").await.ok() }).await;
     hang_up(again).await;
     hang_up(from_other).await;
     server.stop().await;
@@ -110,11 +95,7 @@ async fn max_channels_per_connection() {
     let mut ws = ws(&server).await;
     subscribe(&mut ws, "a").await;
     subscribe(&mut ws, "b").await;
-    send_json(
-        &mut ws,
-        json!({ "type": "subscribe", "channel": "c", "ref": 3 }),
-    )
-    .await;
+    send_json(&mut ws, json!({ "type": "subscribe", "channel": "c", "ref": 3 })).await;
     let err = expect_type(&mut ws, "error").await;
     assert_eq!(err["code"], "forbidden");
     assert_eq!(err["ref"], 3);
@@ -122,10 +103,7 @@ async fn max_channels_per_connection() {
     subscribe(&mut ws, "a").await;
     publish_ok(&client, &server, "b", json!({ "n": 1 })).await;
     let msg = expect_type(&mut ws, "message").await;
-    assert_eq!(
-        (msg["channel"].clone(), msg["data"].clone()),
-        (json!("b"), json!({ "n": 1 }))
-    );
+    assert_eq!((msg["channel"].clone(), msg["data"].clone()), (json!("b"), json!({ "n": 1 })));
     // Unsubscribing frees a place.
     send_json(&mut ws, json!({ "type": "unsubscribe", "channel": "a" })).await;
     expect_type(&mut ws, "unsubscribed").await;
@@ -133,10 +111,7 @@ async fn max_channels_per_connection() {
 
     let three = "channel=a&channel=b&channel=c";
     assert_refused(&sse_try(&server, three).await.err().unwrap(), 400);
-    assert_refused(
-        &poll_refused(&client, &server, &format!("{three}&timeout=0")).await,
-        400,
-    );
+    assert_refused(&poll_refused(&client, &server, &format!("{three}&timeout=0")).await, 400);
     let _two = sse(&server, "channel=a&channel=b").await;
     hang_up(ws).await;
     server.stop().await;
@@ -149,15 +124,8 @@ async fn max_message_bytes() {
     let mut ws = ws(&server).await;
     subscribe(&mut ws, "a").await;
     // Below the limit: a client publish works.
-    send_json(
-        &mut ws,
-        json!({ "type": "publish", "channel": "a", "data": pad(500) }),
-    )
-    .await;
-    let mut kinds = vec![
-        next_json(&mut ws).await["type"].clone(),
-        next_json(&mut ws).await["type"].clone(),
-    ];
+    send_json(&mut ws, json!({ "type": "publish", "channel": "a", "data": pad(500) })).await;
+    let mut kinds = vec![next_json(&mut ws).await["type"].clone(), next_json(&mut ws).await["type"].clone()];
     kinds.sort_by_key(Value::to_string);
     assert_eq!(kinds, vec![json!("message"), json!("published")]);
 
@@ -165,16 +133,10 @@ async fn max_message_bytes() {
     let res = publish(&client, &server, "a", json!(pad(2000))).await;
     assert_eq!(res.status(), 413);
     let body: Value = res.json().await.unwrap();
-    assert!(
-        body["error"].is_string() && body["message"].is_string(),
-        "{body}"
-    );
+    assert!(body["error"].is_string() && body["message"].is_string(), "{body}");
     publish_ok(&client, &server, "a", json!("small")).await;
     let msg = expect_type(&mut ws, "message").await;
-    assert_eq!(
-        msg["data"], "small",
-        "the oversized message must not be delivered"
-    );
+    assert_eq!(msg["data"], "small", "the oversized message must not be delivered");
 
     // A frame above the limit closes the connection with 1009.
     let frame = json!({ "type": "publish", "channel": "a", "data": pad(2000) }).to_string();
@@ -186,27 +148,15 @@ async fn max_message_bytes() {
 
 #[tokio::test]
 async fn client_rate_limits_then_closes_abusers() {
-    let server = TestServer::start(&yaml(
-        "limits: { client_rate: { per_second: 2, burst: 3 } }",
-    ))
-    .await;
+    let server = TestServer::start(&yaml("limits: { client_rate: { per_second: 2, burst: 3 } }")).await;
     let mut ws = ws(&server).await;
     // Four at once: the burst of three passes, the fourth is refused.
     for r in 0..4 {
-        ws.feed(Message::text(
-            json!({ "type": "ping", "ref": r }).to_string(),
-        ))
-        .await
-        .unwrap();
+        ws.feed(Message::text(json!({ "type": "ping", "ref": r }).to_string())).await.unwrap();
     }
     ws.flush().await.unwrap();
-    let replies: Vec<Value> = [
-        next_json(&mut ws).await,
-        next_json(&mut ws).await,
-        next_json(&mut ws).await,
-        next_json(&mut ws).await,
-    ]
-    .into();
+    let replies: Vec<Value> =
+        [next_json(&mut ws).await, next_json(&mut ws).await, next_json(&mut ws).await, next_json(&mut ws).await].into();
     let pongs = replies.iter().filter(|v| v["type"] == "pong").count();
     let limited: Vec<&Value> = replies.iter().filter(|v| v["type"] == "error").collect();
     assert_eq!(pongs, 3, "{replies:?}");
@@ -231,10 +181,7 @@ async fn client_rate_limits_then_closes_abusers() {
 
 #[tokio::test]
 async fn client_rate_closes_a_steady_over_rate_sender() {
-    let server = TestServer::start(&yaml(
-        "limits: { client_rate: { per_second: 2, burst: 3 } }",
-    ))
-    .await;
+    let server = TestServer::start(&yaml("limits: { client_rate: { per_second: 2, burst: 3 } }")).await;
     let mut ws = ws(&server).await;
     // Five times the allowed rate, paced: every half second one message is within the
     // rate again, yet most are refused. That is abuse too, not only a single flood.
@@ -282,10 +229,7 @@ where
 {
     for n in 0..FLOOD {
         let v = expect_type(&mut ws, "message").await;
-        assert_eq!(
-            v["data"]["n"], n,
-            "websocket subscriber saw a gap or reorder"
-        );
+        assert_eq!(v["data"]["n"], n, "websocket subscriber saw a gap or reorder");
     }
     hang_up(ws).await;
     FLOOD
@@ -337,21 +281,13 @@ async fn slow_websocket_consumer_is_dropped_and_nobody_else_notices() {
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
-    wait_metric(
-        &server,
-        "sidewire_evictions_total{kind=\"slow_consumer\"}",
-        |v| v >= 1.0,
-    )
-    .await;
+    wait_metric(&server, "sidewire_evictions_total{kind=\"slow_consumer\"}", |v| v >= 1.0).await;
     // Dropped means dropped now, while it still reads nothing: not at its next read,
     // nor at the heartbeat timeout. The fast readers have all hung up by now.
     wait_metric(&server, &conns("websocket"), |v| v == 0.0).await;
 
     let (code, seen) = close_code(&mut slow).await;
-    assert!(
-        code.is_none_or(|c| c == 1013),
-        "a slow consumer is closed with 1013 (or cut off), got {code:?}"
-    );
+    assert!(code.is_none_or(|c| c == 1013), "a slow consumer is closed with 1013 (or cut off), got {code:?}");
     assert!(seen < FLOOD, "the slow consumer was never dropped");
     server.stop().await;
 }
@@ -363,28 +299,16 @@ async fn stalled_sse_reader_stream_ends() {
     wait_metric(&server, &conns("sse"), |v| v == 1.0).await;
     let mut w = ws(&server).await;
     subscribe(&mut w, "feed").await;
-    let readers = vec![
-        spawn(read_all_ws(w)),
-        spawn(read_all_sse(sse(&server, "channel=feed").await)),
-    ];
+    let readers = vec![spawn(read_all_ws(w)), spawn(read_all_sse(sse(&server, "channel=feed").await))];
 
     flood(&server, "feed").await;
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
-    wait_metric(
-        &server,
-        "sidewire_evictions_total{kind=\"slow_consumer\"}",
-        |v| v >= 1.0,
-    )
-    .await;
+    wait_metric(&server, "sidewire_evictions_total{kind=\"slow_consumer\"}", |v| v >= 1.0).await;
 
     let text = read_stalled_sse(stalled).await;
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "{}",
-        &text[..text.len().min(200)]
-    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
     assert!(
         text.ends_with("\r\n0\r\n\r\n"),
         "the stream must end cleanly (last chunk), got …{:?}",

@@ -50,11 +50,7 @@ async fn answers_at_once_when_messages_after_since_exist() {
     let server = TestServer::start(CONFIG).await;
     let id1 = publish_one(&server, "news:a", json!("one")).await;
     let id2 = publish_one(&server, "news:a", json!("two")).await;
-    let ids = publish(
-        &server,
-        json!({ "channel": "news:a", "event": "chat", "data": { "x": 1 } }),
-    )
-    .await;
+    let ids = publish(&server, json!({ "channel": "news:a", "event": "chat", "data": { "x": 1 } })).await;
     let id3 = ids[0].as_str().unwrap();
     let got = poll(&server, &format!("channel=news:a&since={id1}&timeout=5s")).await;
     assert_eq!(
@@ -76,10 +72,7 @@ async fn waits_for_the_first_message_to_arrive() {
     let id0 = publish_one(&server, "news:a", json!(0)).await;
     let pending = poll_waiting(&server, "news:a", &format!("since={id0}&timeout=5s")).await;
     let id1 = publish_one(&server, "news:a", json!(1)).await;
-    assert_eq!(
-        pending.await.unwrap(),
-        json!({ "messages": [message("news:a", &id1, json!(1))], "cursor": id1 })
-    );
+    assert_eq!(pending.await.unwrap(), json!({ "messages": [message("news:a", &id1, json!(1))], "cursor": id1 }));
     server.stop().await;
 }
 
@@ -87,11 +80,7 @@ async fn waits_for_the_first_message_to_arrive() {
 async fn answers_empty_after_the_timeout() {
     let server = TestServer::start(CONFIG).await;
     let id0 = publish_one(&server, "news:a", json!(0)).await;
-    let got = poll(
-        &server,
-        &format!("channel=news:a&since={id0}&timeout=300ms"),
-    )
-    .await;
+    let got = poll(&server, &format!("channel=news:a&since={id0}&timeout=300ms")).await;
     assert_eq!(got, json!({ "messages": [], "cursor": id0 }));
     server.stop().await;
 }
@@ -107,10 +96,7 @@ async fn timeout_zero_answers_at_once() {
     assert_eq!(got, json!({ "messages": [], "cursor": id0 }));
     let id1 = publish_one(&server, "news:a", json!(1)).await;
     let got = poll(&server, &format!("channel=news:a&since={id0}&timeout=0")).await;
-    assert_eq!(
-        got,
-        json!({ "messages": [message("news:a", &id1, json!(1))], "cursor": id1 })
-    );
+    assert_eq!(got, json!({ "messages": [message("news:a", &id1, json!(1))], "cursor": id1 }));
     server.stop().await;
 }
 
@@ -120,10 +106,7 @@ async fn without_since_waits_for_the_next_message() {
     publish_one(&server, "news:a", json!("old")).await;
     let pending = poll_waiting(&server, "news:a", "timeout=5s").await;
     let id = publish_one(&server, "news:a", json!("new")).await;
-    assert_eq!(
-        pending.await.unwrap(),
-        json!({ "messages": [message("news:a", &id, json!("new"))], "cursor": id })
-    );
+    assert_eq!(pending.await.unwrap(), json!({ "messages": [message("news:a", &id, json!("new"))], "cursor": id }));
     server.stop().await;
 }
 
@@ -141,11 +124,7 @@ async fn several_channels_share_one_cursor() {
     assert_eq!(cursor, format!("{e}.2.2"));
     let b = publish_one(&server, "news:b", json!("b")).await;
     let a = publish_one(&server, "news:a", json!("a")).await;
-    let got = poll(
-        &server,
-        &format!("channel=news:a&channel=news:b&since={cursor}&timeout=5s"),
-    )
-    .await;
+    let got = poll(&server, &format!("channel=news:a&channel=news:b&since={cursor}&timeout=5s")).await;
     assert_eq!(
         got,
         json!({
@@ -176,13 +155,7 @@ async fn chained_polls_see_every_message_exactly_once() {
         }
         let mut answer = match pending {
             Some(task) => task.await.unwrap(),
-            None => {
-                poll(
-                    &server,
-                    &format!("channel=news:a&since={cursor}&timeout=5s"),
-                )
-                .await
-            }
+            None => poll(&server, &format!("channel=news:a&since={cursor}&timeout=5s")).await,
         };
         loop {
             polls += 1;
@@ -196,11 +169,7 @@ async fn chained_polls_see_every_message_exactly_once() {
             if seen.len() >= (round as usize + 1) * 10 {
                 break;
             }
-            answer = poll(
-                &server,
-                &format!("channel=news:a&since={cursor}&timeout=5s"),
-            )
-            .await;
+            answer = poll(&server, &format!("channel=news:a&since={cursor}&timeout=5s")).await;
         }
     }
     let expected: Vec<Value> = (0..50).map(|n| json!(n)).collect();
@@ -219,20 +188,10 @@ async fn failed_recovery_answers_at_once_with_reset() {
     for n in 2..=5 {
         last = publish_one(&server, "small:x", json!(n)).await;
     }
-    let got = poll(
-        &server,
-        &format!("channel=small:x&since={first}&timeout=60s"),
-    )
-    .await;
-    assert_eq!(
-        got,
-        json!({ "messages": [], "cursor": last, "reset": ["small:x"] })
-    );
+    let got = poll(&server, &format!("channel=small:x&since={first}&timeout=60s")).await;
+    assert_eq!(got, json!({ "messages": [], "cursor": last, "reset": ["small:x"] }));
     let got = poll(&server, "channel=small:x&since=garbage&timeout=60s").await;
-    assert_eq!(
-        got,
-        json!({ "messages": [], "cursor": last, "reset": ["small:x"] })
-    );
+    assert_eq!(got, json!({ "messages": [], "cursor": last, "reset": ["small:x"] }));
     server.stop().await;
 }
 
@@ -268,10 +227,7 @@ async fn a_poll_pending_at_shutdown_is_answered() {
     let id0 = publish_one(&server, "news:a", json!(0)).await;
     let pending = poll_waiting(&server, "news:a", &format!("since={id0}&timeout=60s")).await;
     server.handle.shutdown();
-    assert_eq!(
-        pending.await.unwrap(),
-        json!({ "messages": [], "cursor": id0 })
-    );
+    assert_eq!(pending.await.unwrap(), json!({ "messages": [], "cursor": id0 }));
     server.task.await.unwrap();
 }
 
@@ -281,21 +237,10 @@ async fn polling_a_quiet_channel_while_others_are_busy() {
     let start = poll(&server, "channel=news:quiet&timeout=0").await;
     let cursor = start["cursor"].as_str().unwrap().to_owned();
     publish_one(&server, "news:busy", json!(1)).await;
-    let got = poll(
-        &server,
-        &format!("channel=news:quiet&since={cursor}&timeout=0"),
-    )
-    .await;
+    let got = poll(&server, &format!("channel=news:quiet&since={cursor}&timeout=0")).await;
     assert_eq!(got, json!({ "messages": [], "cursor": cursor }));
     let id = publish_one(&server, "news:quiet", json!("m")).await;
-    let got = poll(
-        &server,
-        &format!("channel=news:quiet&since={cursor}&timeout=0"),
-    )
-    .await;
-    assert_eq!(
-        got,
-        json!({ "messages": [message("news:quiet", &id, json!("m"))], "cursor": id })
-    );
+    let got = poll(&server, &format!("channel=news:quiet&since={cursor}&timeout=0")).await;
+    assert_eq!(got, json!({ "messages": [message("news:quiet", &id, json!("m"))], "cursor": id }));
     server.stop().await;
 }

@@ -45,18 +45,11 @@ fn seq(id: &Value) -> u64 {
 async fn single_message() {
     let server = TestServer::start(CONFIG).await;
     let (mut s, _) = stream(&server, "news:a").await;
-    let (status, body) = publish_raw(
-        &server,
-        r#"{"channel":"news:a","event":"chat","data":{"x":1}}"#,
-    )
-    .await;
+    let (status, body) = publish_raw(&server, r#"{"channel":"news:a","event":"chat","data":{"x":1}}"#).await;
     assert_eq!(status, 200);
     let id = body["ids"][0].as_str().unwrap().to_owned();
     assert_eq!(body, json!({ "ids": [id] }));
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {id}\nevent: chat\ndata: {{\"x\":1}}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {id}\nevent: chat\ndata: {{\"x\":1}}\n\n"));
     server.stop().await;
 }
 
@@ -74,11 +67,7 @@ async fn one_message_to_many_channels() {
     let server = TestServer::start(CONFIG).await;
     let (mut a, _) = stream(&server, "news:a").await;
     let (mut b, _) = stream(&server, "news:b").await;
-    let ids = publish(
-        &server,
-        json!({ "channels": ["news:a", "news:b"], "data": "hi" }),
-    )
-    .await;
+    let ids = publish(&server, json!({ "channels": ["news:a", "news:b"], "data": "hi" })).await;
     assert_eq!(ids.len(), 2);
     assert_ne!(ids[0], ids[1]);
     let (ida, idb) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
@@ -104,18 +93,9 @@ async fn batch_ids_and_delivery_in_order() {
     assert_eq!(ids.len(), 3);
     assert!(seq(&ids[0]) < seq(&ids[1]) && seq(&ids[1]) < seq(&ids[2]));
     let id = |i: usize| ids[i].as_str().unwrap().to_owned();
-    assert_eq!(
-        a.expect_block().await,
-        format!("id: {}\ndata: 1\n\n", id(0))
-    );
-    assert_eq!(
-        a.expect_block().await,
-        format!("id: {}\ndata: 3\n\n", id(2))
-    );
-    assert_eq!(
-        b.expect_block().await,
-        format!("id: {}\nevent: e\ndata: 2\n\n", id(1))
-    );
+    assert_eq!(a.expect_block().await, format!("id: {}\ndata: 1\n\n", id(0)));
+    assert_eq!(a.expect_block().await, format!("id: {}\ndata: 3\n\n", id(2)));
+    assert_eq!(b.expect_block().await, format!("id: {}\nevent: e\ndata: 2\n\n", id(1)));
     assert_eq!(
         history_after(&server, "news:a", &start).await,
         json!([
@@ -134,19 +114,12 @@ async fn idempotency_key_retry_returns_the_first_ids_and_delivers_once() {
     let first = publish(&server, body.clone()).await;
     let again = publish(&server, body).await;
     assert_eq!(again, first);
-    let other = publish(
-        &server,
-        json!({ "channel": "news:a", "data": "other", "idempotency_key": "k2" }),
-    )
-    .await;
+    let other = publish(&server, json!({ "channel": "news:a", "data": "other", "idempotency_key": "k2" })).await;
     assert_ne!(other, first);
     let id = first[0].as_str().unwrap();
     let other = other[0].as_str().unwrap();
     assert_eq!(s.expect_block().await, format!("id: {id}\ndata: once\n\n"));
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {other}\ndata: other\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {other}\ndata: other\n\n"));
     assert_eq!(
         history_after(&server, "news:a", &start).await,
         json!([
@@ -157,8 +130,7 @@ async fn idempotency_key_retry_returns_the_first_ids_and_delivers_once() {
     server.stop().await;
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next JSON text frame, within the deadline.
 async fn next_json(ws: &mut Ws) -> Value {
@@ -195,11 +167,7 @@ async fn exclude_connection_skips_only_that_connection() {
     let (mut sender, sender_conn) = ws_subscribed(&server, "news:a").await;
     let (mut other, other_conn) = ws_subscribed(&server, "news:a").await;
     assert_ne!(sender_conn, other_conn);
-    let ids = publish(
-        &server,
-        json!({ "channel": "news:a", "data": "echo", "exclude_connection": sender_conn }),
-    )
-    .await;
+    let ids = publish(&server, json!({ "channel": "news:a", "data": "echo", "exclude_connection": sender_conn })).await;
     let marker = publish_one(&server, "news:a", json!("marker")).await;
 
     let got = next_json(&mut other).await;
@@ -219,45 +187,15 @@ async fn refusals_publish_nothing() {
     let (mut s, start) = stream(&server, "news:a").await;
     let big = "x".repeat(200);
     let cases: Vec<(String, u16, &str, &str)> = vec![
-        (
-            r#"{"channel":"news:a","data":"#.into(),
-            400,
-            "bad_request",
-            "EOF",
-        ),
+        (r#"{"channel":"news:a","data":"#.into(), 400, "bad_request", "EOF"),
         ("not json".into(), 400, "bad_request", "expected"),
-        (
-            r#"{"chanel":"news:a","data":1}"#.into(),
-            400,
-            "bad_request",
-            "chanel",
-        ),
+        (r#"{"chanel":"news:a","data":1}"#.into(), 400, "bad_request", "chanel"),
         (r#"{"channel":"news:a"}"#.into(), 400, "bad_request", "data"),
         (r#"{"data":1}"#.into(), 400, "bad_request", "channel"),
-        (
-            r#"{"channel":"news a","data":1}"#.into(),
-            400,
-            "bad_request",
-            "news a",
-        ),
-        (
-            r#"{"channel":"nowhere","data":1}"#.into(),
-            400,
-            "unknown_channel",
-            "nowhere",
-        ),
-        (
-            format!(r#"{{"channel":"news:a","data":"{big}"}}"#),
-            413,
-            "too_large",
-            "100",
-        ),
-        (
-            r#"{"messages":[{"channel":"news:a","data":1}],"event":"e"}"#.into(),
-            400,
-            "bad_request",
-            "messages",
-        ),
+        (r#"{"channel":"news a","data":1}"#.into(), 400, "bad_request", "news a"),
+        (r#"{"channel":"nowhere","data":1}"#.into(), 400, "unknown_channel", "nowhere"),
+        (format!(r#"{{"channel":"news:a","data":"{big}"}}"#), 413, "too_large", "100"),
+        (r#"{"messages":[{"channel":"news:a","data":1}],"event":"e"}"#.into(), 400, "bad_request", "messages"),
         (
             r#"{"messages":[{"channel":"news:a","data":1},{"channel":"news a","data":2}]}"#.into(),
             400,
@@ -265,9 +203,7 @@ async fn refusals_publish_nothing() {
             "messages[1]",
         ),
         (
-            format!(
-                r#"{{"messages":[{{"channel":"news:a","data":1}},{{"channel":"news:a","data":"{big}"}}]}}"#
-            ),
+            format!(r#"{{"messages":[{{"channel":"news:a","data":1}},{{"channel":"news:a","data":"{big}"}}]}}"#),
             413,
             "too_large",
             "messages[1]",
@@ -282,10 +218,7 @@ async fn refusals_publish_nothing() {
     }
     assert_eq!(history_after(&server, "news:a", &start).await, json!([]));
     let marker = publish_one(&server, "news:a", json!("marker")).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {marker}\ndata: marker\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {marker}\ndata: marker\n\n"));
     server.stop().await;
 }
 
@@ -301,12 +234,7 @@ async fn admin_secret_is_required_when_set() {
         }
         req.send()
     };
-    for auth in [
-        None,
-        Some("Bearer wrong"),
-        Some("s3cret"),
-        Some("Basic s3cret"),
-    ] {
+    for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Basic s3cret")] {
         let res = send(auth).await.unwrap();
         assert_eq!(res.status(), 401, "{auth:?}");
         let answer: Value = res.json().await.unwrap();
@@ -325,28 +253,14 @@ async fn admin_secret_is_required_when_set() {
 async fn ephemeral_event_has_no_id_and_no_history() {
     let server = TestServer::start(CONFIG).await;
     let (mut s, start) = stream(&server, "room:a").await;
-    let ids = publish(
-        &server,
-        json!({ "channel": "room:a", "event": "typing", "data": { "user": "ann" } }),
-    )
-    .await;
+    let ids = publish(&server, json!({ "channel": "room:a", "event": "typing", "data": { "user": "ann" } })).await;
     assert_eq!(ids, vec![Value::Null]);
-    assert_eq!(
-        s.expect_block().await,
-        "event: typing\ndata: {\"user\":\"ann\"}\n\n"
-    );
+    assert_eq!(s.expect_block().await, "event: typing\ndata: {\"user\":\"ann\"}\n\n");
     assert_eq!(history_after(&server, "room:a", &start).await, json!([]));
     // Any other event on the same channel is a stored message with an id.
-    let ids = publish(
-        &server,
-        json!({ "channel": "room:a", "event": "chat", "data": 1 }),
-    )
-    .await;
+    let ids = publish(&server, json!({ "channel": "room:a", "event": "chat", "data": 1 })).await;
     let id = ids[0].as_str().unwrap();
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {id}\nevent: chat\ndata: 1\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {id}\nevent: chat\ndata: 1\n\n"));
     server.stop().await;
 }
 
@@ -356,14 +270,7 @@ async fn channels_lists_subscriber_counts() {
     let _a1 = stream(&server, "news:a").await;
     let _a2 = stream(&server, "news:a").await;
     let _b = stream(&server, "news:b").await;
-    let body: Value = http()
-        .get(server.admin_url("/channels"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = http().get(server.admin_url("/channels")).send().await.unwrap().json().await.unwrap();
     assert_eq!(
         body,
         json!({ "channels": [

@@ -35,24 +35,14 @@ async fn shutdown_closes_every_realtime_client_and_drains_promptly() {
         let events = s.drain().await;
         let last = events.last().expect("the stream ended without a farewell");
         let retry = last.retry.expect("the last SSE block is a retry: line");
-        assert!(
-            retry >= 2000,
-            "reconnect delay {retry} ms is below the normal 2000"
-        );
+        assert!(retry >= 2000, "reconnect delay {retry} ms is below the normal 2000");
         delays.insert(retry);
     }
-    assert!(
-        delays.len() > 1,
-        "{SSE_CLIENTS} streams all asked to reconnect after the same delay"
-    );
+    assert!(delays.len() > 1, "{SSE_CLIENTS} streams all asked to reconnect after the same delay");
 
     let res = within("the pending long-poll", pending_poll).await.unwrap();
     assert_eq!(res.status(), 200);
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["messages"], serde_json::json!([]));
@@ -76,10 +66,7 @@ async fn a_websocket_that_stopped_reading_does_not_hold_up_the_drain() {
     }
     let text = metrics(&server).await;
     assert_eq!(metric(&text, &conns("websocket")), 1.0);
-    assert_eq!(
-        metric(&text, "sidewire_evictions_total{kind=\"slow_consumer\"}"),
-        0.0
-    );
+    assert_eq!(metric(&text, "sidewire_evictions_total{kind=\"slow_consumer\"}"), 0.0);
 
     // The session must not wait for the heartbeat timeout (60 s) nor hold the drain
     // for the whole 30 s grace.

@@ -41,28 +41,18 @@ async fn held_backend() -> HeldBackend {
         }
     })
     .await;
-    HeldBackend {
-        backend,
-        arrived,
-        release,
-    }
+    HeldBackend { backend, arrived, release }
 }
 
 fn yaml(backend: &FakeBackend, grace: &str) -> String {
-    format!(
-        "shutdown_grace: {grace}\nbackend: {{ url: \"{}\" }}\n",
-        backend.url()
-    )
+    format!("shutdown_grace: {grace}\nbackend: {{ url: \"{}\" }}\n", backend.url())
 }
 
 /// Polls until `addr` refuses connections (the accept loop dropped its listener).
 async fn wait_refused(addr: SocketAddr) {
     let until = tokio::time::Instant::now() + DEADLINE;
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{addr} still accepts connections"
-        );
+        assert!(tokio::time::Instant::now() < until, "{addr} still accepts connections");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -74,16 +64,9 @@ async fn in_flight_request_finishes_after_shutdown() {
     // One request over HTTP/1.1 and one over h2c: hyper runs HTTP/2 streams as tasks of
     // their own, and the drain must wait for those too.
     install_crypto();
-    let h2c = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
     let mut in_flight = Vec::new();
-    for (client, version) in [
-        (http(), reqwest::Version::HTTP_11),
-        (h2c, reqwest::Version::HTTP_2),
-    ] {
+    for (client, version) in [(http(), reqwest::Version::HTTP_11), (h2c, reqwest::Version::HTTP_2)] {
         let url = server.url("/slow");
         in_flight.push(tokio::spawn(async move {
             let res = client.get(url).send().await?;
@@ -104,9 +87,7 @@ async fn in_flight_request_finishes_after_shutdown() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "finally");
     }
-    tokio::time::timeout(DEADLINE, server.stop())
-        .await
-        .expect("drain did not finish");
+    tokio::time::timeout(DEADLINE, server.stop()).await.expect("drain did not finish");
 }
 
 /// Answers a WebSocket upgrade with 101 and echoes every message on the upgraded socket.
@@ -118,12 +99,8 @@ async fn ws_echo(mut req: http::Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() && ws.send(msg).await.is_err() {
                 return;
@@ -144,28 +121,16 @@ async fn upgraded_tunnel_is_closed_on_shutdown() {
     let backend = FakeBackend::start(ws_echo).await;
     let server = TestServer::start(&yaml(&backend, "60s")).await;
     // `/app/ws` is no realtime route: the upgrade is tunnelled to the backend.
-    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{}/app/ws", server.public))
-        .await
-        .unwrap();
+    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{}/app/ws", server.public)).await.unwrap();
     assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws.send(Message::text("ping through the tunnel"))
-        .await
-        .unwrap();
+    ws.send(Message::text("ping through the tunnel")).await.unwrap();
     let echoed = ws.next().await.unwrap().unwrap();
     assert_eq!(echoed.to_text().unwrap(), "ping through the tunnel");
 
     let stop = tokio::spawn(server.stop());
-    let end = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .expect("tunnel still open after shutdown");
-    assert!(
-        !matches!(end, Some(Ok(Message::Text(_)))),
-        "unexpected frame: {end:?}"
-    );
-    tokio::time::timeout(DEADLINE, stop)
-        .await
-        .expect("drain waited for the tunnel")
-        .unwrap();
+    let end = tokio::time::timeout(DEADLINE, ws.next()).await.expect("tunnel still open after shutdown");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "unexpected frame: {end:?}");
+    tokio::time::timeout(DEADLINE, stop).await.expect("drain waited for the tunnel").unwrap();
 }
 
 #[tokio::test]
@@ -185,7 +150,5 @@ async fn request_past_the_grace_does_not_block_the_drain() {
     let _in_flight = tokio::spawn(async move { http().get(url).send().await });
     arrived.recv().await.unwrap();
 
-    tokio::time::timeout(DEADLINE, server.stop())
-        .await
-        .expect("drain outlived shutdown_grace");
+    tokio::time::timeout(DEADLINE, server.stop()).await.expect("drain outlived shutdown_grace");
 }

@@ -32,10 +32,7 @@ async fn headers_and_first_bytes() {
     let h = s.response().headers();
     assert_eq!(h["cache-control"], "no-cache");
     assert_eq!(h["x-accel-buffering"], "no");
-    assert_eq!(
-        s.expect_block().await,
-        format!("retry: 2000\nid: {head}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {head}\n\n"));
     server.stop().await;
 }
 
@@ -61,10 +58,7 @@ async fn event_framing_is_exact() {
     assert_eq!(s.expect_block().await, format!("id: {id}\ndata: 42\n\n"));
 
     let id = publish_one(&server, "news:a", json!("line one\nline two")).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {id}\ndata: line one\ndata: line two\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {id}\ndata: line one\ndata: line two\n\n"));
     server.stop().await;
 }
 
@@ -114,15 +108,9 @@ async fn resume_delivers_missed_then_live(resume: impl Fn(&TestServer, &str) -> 
     let id3 = publish_one(&server, "news:a", json!("three")).await;
     let req = resume(&server, &id1);
     let mut s = SseReader::open(&client, &req.url, &req.headers()).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("retry: 2000\nid: {id1}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {id1}\n\n"));
     assert_eq!(s.expect_block().await, format!("id: {id2}\ndata: two\n\n"));
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {id3}\ndata: three\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {id3}\ndata: three\n\n"));
     let id4 = publish_one(&server, "news:a", json!("four")).await;
     assert_eq!(s.expect_block().await, format!("id: {id4}\ndata: four\n\n"));
     server.stop().await;
@@ -135,10 +123,7 @@ struct SseRequest {
 
 impl SseRequest {
     fn headers(&self) -> Vec<(&str, &str)> {
-        self.last_event_id
-            .iter()
-            .map(|v| ("last-event-id", v.as_str()))
-            .collect()
+        self.last_event_id.iter().map(|v| ("last-event-id", v.as_str())).collect()
     }
 }
 
@@ -177,10 +162,7 @@ async fn resume_multi_channel_stream() {
     publish_one(&server, "news:b", json!("b2")).await;
     publish_one(&server, "news:a", json!("a2")).await;
     let mut s = SseReader::open(&client, &url, &[("last-event-id", &after_a1)]).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("retry: 2000\nid: {after_a1}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {after_a1}\n\n"));
     // Missed messages of both channels in id order, each exactly once.
     assert_eq!(s.expect_block().await, format!("id: {e}.1.2\ndata: b1\n\n"));
     assert_eq!(s.expect_block().await, format!("id: {e}.1.3\ndata: b2\n\n"));
@@ -206,14 +188,8 @@ async fn incomplete_recovery_sends_reset_before_live_events() {
     }
 
     let mut s = SseReader::open(&client, &url, &[("last-event-id", &first)]).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("retry: 2000\nid: {last}\n\n")
-    );
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {last}\nevent: reset\ndata: {{\"channels\":[\"small:x\"]}}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {last}\n\n"));
+    assert_eq!(s.expect_block().await, format!("id: {last}\nevent: reset\ndata: {{\"channels\":[\"small:x\"]}}\n\n"));
     let live = publish_one(&server, "small:x", json!(6)).await;
     assert_eq!(s.expect_block().await, format!("id: {live}\ndata: 6\n\n"));
     server.stop().await;
@@ -232,10 +208,7 @@ async fn expect_reset(server: &TestServer, cursor: &str) {
         "cursor {cursor:?}"
     );
     let live = publish_one(server, "news:a", json!("live")).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {live}\ndata: live\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {live}\ndata: live\n\n"));
 }
 
 #[tokio::test]
@@ -310,10 +283,7 @@ async fn works_over_h2c() {
     let head = s.expect_block().await;
     assert!(head.starts_with("retry: 2000\nid: "), "{head:?}");
     let id = publish_one(&server, "news:a", json!({"k": "v"})).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {id}\ndata: {{\"k\":\"v\"}}\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("id: {id}\ndata: {{\"k\":\"v\"}}\n\n"));
     server.stop().await;
 }
 
@@ -345,13 +315,7 @@ async fn resume_on_a_quiet_channel_while_others_are_busy() {
     let missed = publish_one(&server, "news:quiet", json!("missed")).await;
 
     let mut s = SseReader::open(&client, &url, &[("last-event-id", &cursor)]).await;
-    assert_eq!(
-        s.expect_block().await,
-        format!("retry: 2000\nid: {cursor}\n\n")
-    );
-    assert_eq!(
-        s.expect_block().await,
-        format!("id: {missed}\ndata: missed\n\n")
-    );
+    assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {cursor}\n\n"));
+    assert_eq!(s.expect_block().await, format!("id: {missed}\ndata: missed\n\n"));
     server.stop().await;
 }

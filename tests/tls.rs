@@ -17,11 +17,7 @@ use support::*;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn start(backend: &FakeBackend, files: &CertFiles, watch_interval: &str) -> TestServer {
-    let yaml = format!(
-        "backend: {{ url: \"{}\" }}\n{}",
-        backend.url(),
-        files.yaml(watch_interval)
-    );
+    let yaml = format!("backend: {{ url: \"{}\" }}\n{}", backend.url(), files.yaml(watch_interval));
     TestServer::start(&yaml).await
 }
 
@@ -30,10 +26,7 @@ fn tls_addr(server: &TestServer) -> SocketAddr {
 }
 
 /// The certificate a new connection is served.
-async fn served_cert(
-    client: &Client,
-    addr: SocketAddr,
-) -> rustls::pki_types::CertificateDer<'static> {
+async fn served_cert(client: &Client, addr: SocketAddr) -> rustls::pki_types::CertificateDer<'static> {
     tls::peer_cert(&client.connect(addr).await.unwrap())
 }
 
@@ -41,10 +34,7 @@ async fn served_cert(
 async fn wait_for_cert(client: &Client, addr: SocketAddr, want: &Cert) {
     let until = tokio::time::Instant::now() + DEADLINE;
     while served_cert(client, addr).await != want.der {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "new certificate not served within {DEADLINE:?}"
-        );
+        assert!(tokio::time::Instant::now() < until, "new certificate not served within {DEADLINE:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -53,9 +43,7 @@ async fn wait_for_cert(client: &Client, addr: SocketAddr, want: &Cert) {
 fn reloads(server: &TestServer, kind: &str) -> u64 {
     let prefix = format!("sidewire_reloads_total{{kind=\"{kind}\"}} ");
     let text = server.handle.metrics().encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// Polls until the watcher has counted more than `seen` failed certificate reloads.
@@ -66,10 +54,7 @@ async fn wait_for_failed_reload(server: &TestServer, seen: u64) -> u64 {
         if n > seen {
             return n;
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the watcher never tried the bad certificate"
-        );
+        assert!(tokio::time::Instant::now() < until, "the watcher never tried the bad certificate");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -81,10 +66,7 @@ async fn http2_over_tls_with_alpn_h2() {
     let files = CertFiles::new(&cert);
     let server = start(&backend, &files, "1h").await;
 
-    let stream = Client::new(&[&cert], &[b"h2", b"http/1.1"])
-        .connect(tls_addr(&server))
-        .await
-        .unwrap();
+    let stream = Client::new(&[&cert], &[b"h2", b"http/1.1"]).connect(tls_addr(&server)).await.unwrap();
     assert_eq!(tls::alpn(&stream).as_deref(), Some(&b"h2"[..]));
     let res = tls::get(stream, Version::HTTP_2, "/over/h2?q=1").await;
     assert_eq!(res.status(), 200);
@@ -105,10 +87,7 @@ async fn http1_over_tls() {
     let files = CertFiles::new(&cert);
     let server = start(&backend, &files, "1h").await;
 
-    let stream = Client::new(&[&cert], &[b"http/1.1"])
-        .connect(tls_addr(&server))
-        .await
-        .unwrap();
+    let stream = Client::new(&[&cert], &[b"http/1.1"]).connect(tls_addr(&server)).await.unwrap();
     assert_eq!(tls::alpn(&stream).as_deref(), Some(&b"http/1.1"[..]));
     let res = tls::get(stream, Version::HTTP_11, "/over/h1").await;
     assert_eq!(res.status(), 200);
@@ -118,17 +97,9 @@ async fn http1_over_tls() {
     assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
 
     // A client offering no ALPN at all gets HTTP/1.1.
-    let stream = Client::new(&[&cert], &[])
-        .connect(tls_addr(&server))
-        .await
-        .unwrap();
+    let stream = Client::new(&[&cert], &[]).connect(tls_addr(&server)).await.unwrap();
     assert_eq!(tls::alpn(&stream), None);
-    assert_eq!(
-        tls::get(stream, Version::HTTP_11, "/no-alpn")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(tls::get(stream, Version::HTTP_11, "/no-alpn").await.status(), 200);
     server.stop().await;
 }
 
@@ -143,23 +114,11 @@ async fn tls12_and_tls13_accepted() {
     // what matters is that 1.2-only clients still get in.
     let tls12 = Client::with_versions(&[&cert], &[b"h2"], &[&rustls::version::TLS12]);
     let stream = tls12.connect(tls_addr(&server)).await.unwrap();
-    assert_eq!(
-        tls::protocol_version(&stream),
-        Some(ProtocolVersion::TLSv1_2)
-    );
-    assert_eq!(
-        tls::get(stream, Version::HTTP_2, "/tls12").await.status(),
-        200
-    );
+    assert_eq!(tls::protocol_version(&stream), Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(tls::get(stream, Version::HTTP_2, "/tls12").await.status(), 200);
 
-    let stream = Client::new(&[&cert], &[b"h2"])
-        .connect(tls_addr(&server))
-        .await
-        .unwrap();
-    assert_eq!(
-        tls::protocol_version(&stream),
-        Some(ProtocolVersion::TLSv1_3)
-    );
+    let stream = Client::new(&[&cert], &[b"h2"]).connect(tls_addr(&server)).await.unwrap();
+    assert_eq!(tls::protocol_version(&stream), Some(ProtocolVersion::TLSv1_3));
     server.stop().await;
 }
 
@@ -178,12 +137,7 @@ async fn certificate_reloaded_when_files_change() {
     files.write(&new.cert_pem, &new.key_pem);
     wait_for_cert(&client, tls_addr(&server), &new).await;
     assert!(reloads(&server, "tls_ok") >= 1);
-    assert_eq!(
-        tls::get(before, Version::HTTP_2, "/still-open")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(tls::get(before, Version::HTTP_2, "/still-open").await.status(), 200);
     server.stop().await;
 }
 
@@ -198,31 +152,16 @@ async fn bad_certificate_keeps_the_old_one() {
     let garbage = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
     // The right leaf, then a broken block (say, a truncated copy): serving the leaf alone
     // would break every client that needs the intermediate.
-    let broken_chain = format!(
-        "{}-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
-        other.cert_pem
-    );
+    let broken_chain = format!("{}-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", other.cert_pem);
 
     // One file at a time, each seen by the watcher before the next, so every state it
     // tries is known and bad.
     let steps: [(&std::path::Path, &str, &str); 5] = [
         (&files.cert, garbage, "garbage certificate"),
         (&files.key, &other.key_pem, "garbage certificate, good key"),
-        (
-            &files.cert,
-            &broken_chain,
-            "chain with a broken block, matching key",
-        ),
-        (
-            &files.key,
-            &unrelated.key_pem,
-            "chain with a broken block, wrong key",
-        ),
-        (
-            &files.cert,
-            &other.cert_pem,
-            "valid certificate, someone else's key",
-        ),
+        (&files.cert, &broken_chain, "chain with a broken block, matching key"),
+        (&files.key, &unrelated.key_pem, "chain with a broken block, wrong key"),
+        (&files.cert, &other.cert_pem, "valid certificate, someone else's key"),
     ];
     for (n, (path, pem, what)) in (1..).zip(steps) {
         if path == files.cert {
@@ -247,11 +186,7 @@ async fn handle_reload_reloads_the_certificate() {
     let (old, new, moved) = (Cert::new("old"), Cert::new("new"), Cert::new("moved"));
     let files = CertFiles::new(&old);
     // The watcher is effectively off: only the explicit reload may pick the change up.
-    let yaml = format!(
-        "backend: {{ url: \"{}\" }}\n{}",
-        backend.url(),
-        files.yaml("1h")
-    );
+    let yaml = format!("backend: {{ url: \"{}\" }}\n{}", backend.url(), files.yaml("1h"));
     let server = TestServer::start(&yaml).await;
     let client = Client::new(&[&old, &new, &moved], &[b"h2"]);
     let addr = tls_addr(&server);
@@ -263,18 +198,9 @@ async fn handle_reload_reloads_the_certificate() {
 
     // A reload may also point at other files.
     let elsewhere = CertFiles::new(&moved);
-    let yaml = format!(
-        "backend: {{ url: \"{}\" }}\n{}",
-        backend.url(),
-        elsewhere.yaml("1h")
-    );
+    let yaml = format!("backend: {{ url: \"{}\" }}\n{}", backend.url(), elsewhere.yaml("1h"));
     server.handle.reload(config(&yaml)).await;
     assert_eq!(served_cert(&client, addr).await, moved.der);
-    assert_eq!(
-        tls::get(client.connect(addr).await.unwrap(), Version::HTTP_2, "/")
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(tls::get(client.connect(addr).await.unwrap(), Version::HTTP_2, "/").await.status(), 200);
     server.stop().await;
 }

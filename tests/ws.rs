@@ -7,9 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::ws::{
-    Publisher, RawWs, WsClient, client_frame, encode_frame, metric, opcode, seq, wait_metric,
-};
+use support::ws::{Publisher, RawWs, WsClient, client_frame, encode_frame, metric, opcode, seq, wait_metric};
 use support::{TestServer, http};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -61,17 +59,8 @@ async fn welcome_is_the_first_frame() {
     let (_client, welcome) = WsClient::open(&server, "/ws").await;
     let fields = welcome.as_object().unwrap();
     assert!(fields.contains_key("user"), "{welcome}");
-    assert_eq!(
-        welcome["user"],
-        Value::Null,
-        "anonymous clients have no user"
-    );
-    assert!(
-        welcome["connection"]
-            .as_str()
-            .is_some_and(|c| !c.is_empty()),
-        "{welcome}"
-    );
+    assert_eq!(welcome["user"], Value::Null, "anonymous clients have no user");
+    assert!(welcome["connection"].as_str().is_some_and(|c| !c.is_empty()), "{welcome}");
     let (_other, second) = WsClient::open(&server, "/ws").await;
     assert_ne!(welcome["connection"], second["connection"]);
 }
@@ -89,43 +78,17 @@ async fn ref_is_echoed_on_every_reply_and_error() {
     let server = start().await;
     let publisher = Publisher::new(&server);
     let (mut client, _) = WsClient::open(&server, "/ws").await;
-    let refs = [
-        json!(7),
-        json!("r-1"),
-        json!({ "k": [1, 2.5, null] }),
-        json!(null),
-    ];
+    let refs = [json!(7), json!("r-1"), json!({ "k": [1, 2.5, null] }), json!(null)];
     for r in refs {
         let requests = [
             (json!({ "type": "ping" }), "pong"),
-            (
-                json!({ "type": "subscribe", "channel": "room:ref" }),
-                "subscribed",
-            ),
-            (
-                json!({ "type": "publish", "channel": "room:ref", "data": 1 }),
-                "published",
-            ),
-            (
-                json!({ "type": "unsubscribe", "channel": "room:ref" }),
-                "unsubscribed",
-            ),
-            (
-                json!({ "type": "subscribe", "channel": "nowhere:1" }),
-                "error",
-            ),
-            (
-                json!({ "type": "subscribe", "channel": "private:1" }),
-                "error",
-            ),
-            (
-                json!({ "type": "subscribe", "channel": "bad name" }),
-                "error",
-            ),
-            (
-                json!({ "type": "publish", "channel": "news:1", "data": 1 }),
-                "error",
-            ),
+            (json!({ "type": "subscribe", "channel": "room:ref" }), "subscribed"),
+            (json!({ "type": "publish", "channel": "room:ref", "data": 1 }), "published"),
+            (json!({ "type": "unsubscribe", "channel": "room:ref" }), "unsubscribed"),
+            (json!({ "type": "subscribe", "channel": "nowhere:1" }), "error"),
+            (json!({ "type": "subscribe", "channel": "private:1" }), "error"),
+            (json!({ "type": "subscribe", "channel": "bad name" }), "error"),
+            (json!({ "type": "publish", "channel": "news:1", "data": 1 }), "error"),
             (json!({ "type": "nope" }), "error"),
             (json!({ "channel": "room:ref" }), "error"),
             (json!({ "type": "subscribe", "channel": 5 }), "error"),
@@ -161,18 +124,13 @@ async fn live_messages_arrive_in_publish_order() {
     let publisher = Publisher::new(&server);
     let (mut client, _) = WsClient::open(&server, "/ws").await;
     let first = client.subscribe("room:a", None).await;
-    assert_eq!(
-        first,
-        json!({ "type": "subscribed", "channel": "room:a", "recovered": true })
-    );
+    assert_eq!(first, json!({ "type": "subscribed", "channel": "room:a", "recovered": true }));
     client.subscribe("room:b", None).await;
 
     let mut published = [Vec::new(), Vec::new()];
     for n in 0..200 {
         let channel = ["room:a", "room:b"][n % 2];
-        let id = publisher
-            .publish(channel, Some("tick"), &format!("{{\"n\":{n}}}"))
-            .await;
+        let id = publisher.publish(channel, Some("tick"), &format!("{{\"n\":{n}}}")).await;
         published[n % 2].push(id);
     }
     let mut received = [Vec::new(), Vec::new()];
@@ -195,10 +153,7 @@ async fn live_messages_arrive_in_publish_order() {
         assert_eq!(ns, want, "publish order on channel {which}");
         let ids: Vec<&str> = got.iter().map(|(_, id)| id.as_str().unwrap()).collect();
         assert_eq!(ids, published[which], "ids are those /publish returned");
-        assert!(
-            got.windows(2).all(|w| seq(&w[0].1) < seq(&w[1].1)),
-            "ids strictly increase within a channel"
-        );
+        assert!(got.windows(2).all(|w| seq(&w[0].1) < seq(&w[1].1)), "ids strictly increase within a channel");
     }
     client.assert_quiet().await;
 }
@@ -211,26 +166,15 @@ async fn message_fields_and_data_are_exact() {
     client.subscribe("room:exact", None).await;
     // Published with insignificant whitespace; delivered compact, digits and escapes as sent.
     let cases = [
-        (
-            Some("chat"),
-            r#"{ "text" : "hi there", "n": 1.50 }"#,
-            r#"{"text":"hi there","n":1.50}"#,
-        ),
-        (
-            None,
-            r#"[1, 12345678901234567890, -0.0, 1e3]"#,
-            r#"[1,12345678901234567890,-0.0,1e3]"#,
-        ),
+        (Some("chat"), r#"{ "text" : "hi there", "n": 1.50 }"#, r#"{"text":"hi there","n":1.50}"#),
+        (None, r#"[1, 12345678901234567890, -0.0, 1e3]"#, r#"[1,12345678901234567890,-0.0,1e3]"#),
         (None, r#""caf\u00e9 \" { x }""#, r#""caf\u00e9 \" { x }""#),
         (Some("n"), r#" "" "#, r#""""#),
     ];
     for (event, data, compact) in cases {
         let id = publisher.publish("room:exact", event, data).await;
         let text = client.next_text().await;
-        assert!(
-            text.ends_with(&format!(",\"data\":{compact}}}")),
-            "data not byte-exact: {text}"
-        );
+        assert!(text.ends_with(&format!(",\"data\":{compact}}}")), "data not byte-exact: {text}");
         let msg: Value = serde_json::from_str(&text).unwrap();
         let mut want = json!({
             "type": "message",
@@ -275,10 +219,7 @@ async fn resume_replays_after_since_then_live() {
     client.assert_quiet().await;
     let live = publisher.publish("room:resume", None, "6").await;
     let msg = client.expect("message").await;
-    assert_eq!(
-        (msg["id"].as_str(), msg["data"].as_u64()),
-        (Some(live.as_str()), Some(6))
-    );
+    assert_eq!((msg["id"].as_str(), msg["data"].as_u64()), (Some(live.as_str()), Some(6)));
     client.assert_quiet().await;
 }
 
@@ -320,9 +261,7 @@ async fn resume_from_garbage_or_another_epoch_is_not_recovered() {
         let reply = client.subscribe("room:epoch", Some(since)).await;
         assert_eq!(reply["recovered"], false, "since {since:?}: {reply}");
         client.assert_quiet().await;
-        client
-            .send_json(json!({ "type": "unsubscribe", "channel": "room:epoch" }))
-            .await;
+        client.send_json(json!({ "type": "unsubscribe", "channel": "room:epoch" })).await;
         client.expect("unsubscribed").await;
     }
 }
@@ -338,13 +277,8 @@ async fn unsubscribe_stops_delivery() {
     client.subscribe("room:stay", None).await;
     publisher.publish("room:u", None, "1").await;
     client.expect("message").await;
-    client
-        .send_json(json!({ "type": "unsubscribe", "channel": "room:u" }))
-        .await;
-    assert_eq!(
-        client.next_json().await,
-        json!({ "type": "unsubscribed", "channel": "room:u" })
-    );
+    client.send_json(json!({ "type": "unsubscribe", "channel": "room:u" })).await;
+    assert_eq!(client.next_json().await, json!({ "type": "unsubscribed", "channel": "room:u" }));
     for n in 0..5 {
         publisher.publish("room:u", None, &n.to_string()).await;
     }
@@ -364,10 +298,8 @@ async fn client_publish_reaches_every_subscriber() {
     alice.subscribe("room:pub", None).await;
     bob.subscribe("room:pub", None).await;
     alice
-        .send_json(
-            json!({ "type": "publish", "channel": "room:pub", "event": "chat",
-                           "data": { "text": "hi" }, "ref": 1 }),
-        )
+        .send_json(json!({ "type": "publish", "channel": "room:pub", "event": "chat",
+                           "data": { "text": "hi" }, "ref": 1 }))
         .await;
     let mut published = None;
     let mut own = None;
@@ -380,13 +312,8 @@ async fn client_publish_reaches_every_subscriber() {
         }
     }
     let published = published.unwrap();
-    let id = published["id"]
-        .as_str()
-        .expect("a stored message has an id");
-    assert_eq!(
-        published,
-        json!({ "type": "published", "channel": "room:pub", "id": id, "ref": 1 })
-    );
+    let id = published["id"].as_str().expect("a stored message has an id");
+    assert_eq!(published, json!({ "type": "published", "channel": "room:pub", "id": id, "ref": 1 }));
     let want = json!({ "type": "message", "channel": "room:pub", "id": id, "event": "chat",
                        "data": { "text": "hi" } });
     assert_eq!(own.unwrap(), want);
@@ -406,9 +333,7 @@ async fn client_publish_accepts_any_json_data() {
     let (mut client, _) = WsClient::open(&server, "/ws").await;
     client.subscribe("room:any", None).await;
     for data in [json!(null), json!(0), json!(""), json!([]), json!({})] {
-        client
-            .send_json(json!({ "type": "publish", "channel": "room:any", "data": data }))
-            .await;
+        client.send_json(json!({ "type": "publish", "channel": "room:any", "data": data })).await;
         let published = client.expect("published").await;
         let msg = client.expect("message").await;
         assert_eq!(msg["id"], published["id"]);
@@ -422,9 +347,7 @@ async fn client_publish_denied_is_forbidden() {
     let server = start().await;
     let (mut client, _) = WsClient::open(&server, "/ws").await;
     client.subscribe("news:1", None).await;
-    client
-        .send_json(json!({ "type": "publish", "channel": "news:1", "data": 1, "ref": "p" }))
-        .await;
+    client.send_json(json!({ "type": "publish", "channel": "news:1", "data": 1, "ref": "p" })).await;
     let err = client.expect_error("forbidden").await;
     assert_eq!(err["ref"], "p");
     client.assert_quiet().await;
@@ -441,21 +364,13 @@ async fn ephemeral_events_are_live_only() {
     assert_eq!(bob.expect("message").await["id"], first.as_str());
 
     alice
-        .send_json(
-            json!({ "type": "publish", "channel": "room:eph", "event": "typing",
-                           "data": { "user": "a" } }),
-        )
+        .send_json(json!({ "type": "publish", "channel": "room:eph", "event": "typing",
+                           "data": { "user": "a" } }))
         .await;
     let published = alice.expect("published").await;
-    assert!(
-        published["id"].is_null(),
-        "an ephemeral event has no id: {published}"
-    );
+    assert!(published["id"].is_null(), "an ephemeral event has no id: {published}");
     let typing = bob.next_json().await;
-    assert_eq!(
-        typing,
-        json!({ "type": "message", "channel": "room:eph", "event": "typing", "data": { "user": "a" } })
-    );
+    assert_eq!(typing, json!({ "type": "message", "channel": "room:eph", "event": "typing", "data": { "user": "a" } }));
     let last = publisher.publish("room:eph", None, "2").await;
     assert_eq!(bob.expect("message").await["id"], last.as_str());
 
@@ -475,58 +390,23 @@ async fn errors_are_replies_not_disconnects() {
     let (mut client, _) = WsClient::open(&server, "/ws").await;
     let cases: &[(&str, &str, Option<Value>)] = &[
         ("not json", "bad_request", None),
-        (
-            r#"{"type":"subscribe","channel":"room:1""#,
-            "bad_request",
-            None,
-        ),
+        (r#"{"type":"subscribe","channel":"room:1""#, "bad_request", None),
         ("[1,2]", "bad_request", None),
-        (
-            r#"{"type":"frobnicate","ref":42}"#,
-            "bad_request",
-            Some(json!(42)),
-        ),
+        (r#"{"type":"frobnicate","ref":42}"#, "bad_request", Some(json!(42))),
         (r#"{"ref":"t"}"#, "bad_request", Some(json!("t"))),
-        (
-            r#"{"type":"subscribe","ref":3}"#,
-            "bad_request",
-            Some(json!(3)),
-        ),
-        (
-            r#"{"type":"publish","channel":"room:1","ref":4}"#,
-            "bad_request",
-            Some(json!(4)),
-        ),
-        (
-            r#"{"type":"subscribe","channel":"nomatch:1","ref":"u"}"#,
-            "unknown_channel",
-            Some(json!("u")),
-        ),
-        (
-            r#"{"type":"subscribe","channel":"private:1","ref":"f"}"#,
-            "forbidden",
-            Some(json!("f")),
-        ),
-        (
-            r#"{"type":"subscribe","channel":"bad channel!","ref":"b"}"#,
-            "bad_request",
-            Some(json!("b")),
-        ),
+        (r#"{"type":"subscribe","ref":3}"#, "bad_request", Some(json!(3))),
+        (r#"{"type":"publish","channel":"room:1","ref":4}"#, "bad_request", Some(json!(4))),
+        (r#"{"type":"subscribe","channel":"nomatch:1","ref":"u"}"#, "unknown_channel", Some(json!("u"))),
+        (r#"{"type":"subscribe","channel":"private:1","ref":"f"}"#, "forbidden", Some(json!("f"))),
+        (r#"{"type":"subscribe","channel":"bad channel!","ref":"b"}"#, "bad_request", Some(json!("b"))),
         (r#"{"type":"subscribe","channel":""}"#, "bad_request", None),
-        (
-            r#"{"type":"unsubscribe","channel":"no/spaces here"}"#,
-            "bad_request",
-            None,
-        ),
+        (r#"{"type":"unsubscribe","channel":"no/spaces here"}"#, "bad_request", None),
     ];
     for (text, code, reference) in cases {
         client.send_text(text).await;
         let err = client.expect("error").await;
         assert_eq!(err["code"], *code, "{text} -> {err}");
-        assert!(
-            err["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{err}"
-        );
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
         match reference {
             Some(r) => assert_eq!(err["ref"], *r, "{text} -> {err}"),
             None => assert!(!err.as_object().unwrap().contains_key("ref"), "{err}"),
@@ -559,8 +439,7 @@ async fn oversized_fragmented_message_closes_1009() {
     let mut raw = RawWs::connect(server.public, "/ws").await;
     let chunk = vec![b'x'; 3000];
     let key = Some([1, 2, 3, 4]);
-    raw.write(&encode_frame(false, 0, opcode::TEXT, &chunk, key))
-        .await;
+    raw.write(&encode_frame(false, 0, opcode::TEXT, &chunk, key)).await;
     raw.write(&encode_frame(true, 0, 0x0, &chunk, key)).await;
     assert_eq!(raw.expect_close().await, 1009);
 }
@@ -590,14 +469,7 @@ async fn unmasked_client_frame_closes_1002() {
     let mut raw = RawWs::connect(server.public, "/ws").await;
     let welcome = raw.next_frame().await.unwrap();
     assert_eq!(welcome.opcode, opcode::TEXT);
-    raw.write(&encode_frame(
-        true,
-        0,
-        opcode::TEXT,
-        br#"{"type":"ping"}"#,
-        None,
-    ))
-    .await;
+    raw.write(&encode_frame(true, 0, opcode::TEXT, br#"{"type":"ping"}"#, None)).await;
     assert_eq!(raw.expect_close().await, 1002);
 }
 
@@ -611,10 +483,7 @@ channels: [{ match: "*", public: true }]
     )
     .await;
     let mut client = WsClient::connect(&server, "/ws").await;
-    assert_eq!(
-        client.expect_close().await,
-        (4001, "Authentication required".to_owned())
-    );
+    assert_eq!(client.expect_close().await, (4001, "Authentication required".to_owned()));
 }
 
 #[tokio::test]
@@ -625,10 +494,7 @@ async fn shutdown_closes_1001() {
     server.handle.shutdown();
     assert_eq!(client.expect_close().await.0, 1001);
     // The drain finishes once the session has closed.
-    tokio::time::timeout(Duration::from_secs(10), server.task)
-        .await
-        .expect("drain finishes")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.task).await.expect("drain finishes").unwrap();
 }
 
 #[tokio::test]
@@ -665,14 +531,11 @@ async fn server_sends_pings() {
     let mut client = WsClient::connect(&server, "/ws").await;
     let mut pings = 0;
     while pings < 2 {
-        let frame = tokio::time::timeout(
-            Duration::from_secs(10),
-            futures_util::StreamExt::next(&mut client.ws),
-        )
-        .await
-        .expect("a ping within the deadline")
-        .unwrap()
-        .unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut client.ws))
+            .await
+            .expect("a ping within the deadline")
+            .unwrap()
+            .unwrap();
         if matches!(frame, Message::Ping(_)) {
             pings += 1;
         }
@@ -700,22 +563,14 @@ async fn client_answering_pings_stays_connected() {
     let mut pings = 0;
     while tokio::time::Instant::now() < until {
         let frame = raw.next_frame().await.expect("still connected");
-        assert_ne!(
-            frame.opcode,
-            opcode::CLOSE,
-            "closed although it answered pings"
-        );
+        assert_ne!(frame.opcode, opcode::CLOSE, "closed although it answered pings");
         if frame.opcode == opcode::PING {
             pings += 1;
             raw.write(&client_frame(opcode::PONG, &frame.payload)).await;
         }
     }
     assert!(pings >= 3, "only {pings} pings");
-    raw.write(&client_frame(
-        opcode::TEXT,
-        br#"{"type":"ping","ref":"end"}"#,
-    ))
-    .await;
+    raw.write(&client_frame(opcode::TEXT, br#"{"type":"ping","ref":"end"}"#)).await;
     loop {
         let frame = raw.next_frame().await.expect("still connected");
         if frame.opcode == opcode::TEXT {
@@ -763,10 +618,7 @@ async fn unsupported_version_is_426() {
 async fn route_channels_are_subscribed_after_welcome() {
     let server = start().await;
     let (mut client, _) = WsClient::open(&server, "/ws/rooms/42").await;
-    assert_eq!(
-        client.next_json().await,
-        json!({ "type": "subscribed", "channel": "room:42", "recovered": true })
-    );
+    assert_eq!(client.next_json().await, json!({ "type": "subscribed", "channel": "room:42", "recovered": true }));
     let id = Publisher::new(&server).publish("room:42", None, "1").await;
     assert_eq!(client.expect("message").await["id"], id.as_str());
 }

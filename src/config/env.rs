@@ -9,12 +9,7 @@ use serde_json::Value;
 use super::Problem;
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of `value`. `$$` is a literal `$`.
-pub fn expand(
-    value: &mut Value,
-    path: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-) {
+pub fn expand(value: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
     match value {
         Value::String(s) if s.contains('$') => match expand_str(s, lookup) {
             Ok(out) => *s = out,
@@ -27,11 +22,7 @@ pub fn expand(
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let sub = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 expand(item, &sub, lookup, problems);
             }
         }
@@ -87,11 +78,7 @@ mod tests {
         assert_eq!(expand_str("a-${SECRET}-b", &env).unwrap(), "a-s3: cr\net-b");
         assert_eq!(expand_str("${NOPE:-dflt}", &env).unwrap(), "dflt");
         assert_eq!(expand_str("$$5 and $x", &env).unwrap(), "$5 and $x");
-        assert!(
-            expand_str("${NOPE}", &env)
-                .unwrap_err()
-                .contains("NOPE is not set")
-        );
+        assert!(expand_str("${NOPE}", &env).unwrap_err().contains("NOPE is not set"));
         assert!(expand_str("${SECRET", &env).is_err());
     }
 }

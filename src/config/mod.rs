@@ -32,20 +32,13 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -220,20 +213,13 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`. `env` resolves `${VAR}` references.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![Problem::new(
-                "",
-                format!("cannot read {}: {e}", path.display()),
-            )])
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![Problem::new("", format!("cannot read {}: {e}", path.display()))]))?;
         Self::from_yaml(&text, env)
     }
 
     /// Parses and validates YAML text.
-    pub fn from_yaml(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut tree = parse_tree(text).map_err(|p| ConfigError(vec![p]))?;
         env::expand(&mut tree, "", env, &mut problems);
@@ -249,11 +235,7 @@ impl Config {
                 i += 1;
             }
         }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError(problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
     }
 
     /// Keys that changed between `self` and `new` but only take effect after a restart.
@@ -288,11 +270,7 @@ fn parse_tree(text: &str) -> Result<Value, Problem> {
 }
 
 /// Deserializes `value` into `T`, recording a problem (with the full key path) on failure.
-fn section<T: DeserializeOwned>(
-    value: Value,
-    path: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
+fn section<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -315,12 +293,7 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: Value, path: &str, problems: &m
 }
 
 /// Deserializes a list element by element so each bad entry is reported.
-fn list<T: DeserializeOwned>(
-    slot: &mut Vec<T>,
-    value: Value,
-    path: &str,
-    problems: &mut Vec<Problem>,
-) {
+fn list<T: DeserializeOwned>(slot: &mut Vec<T>, value: Value, path: &str, problems: &mut Vec<Problem>) {
     let Value::Array(items) = value else {
         problems.push(Problem::new(path, "expected a list"));
         return;

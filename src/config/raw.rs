@@ -16,13 +16,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write it like 250ms, 30s, 5m or 1h"
-                ))
-            })
+        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write it like 250ms, 30s, 5m or 1h"))
+        })
     }
 }
 
@@ -60,10 +56,7 @@ pub struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9090".into(),
-            secret: None,
-        }
+        Self { listen: "127.0.0.1:9090".into(), secret: None }
     }
 }
 
@@ -127,11 +120,7 @@ pub struct RawWebhooks {
 
 impl Default for RawWebhooks {
     fn default() -> Self {
-        Self {
-            endpoint: "/realtime/events".into(),
-            events: vec!["message".into()],
-            secret: None,
-        }
+        Self { endpoint: "/realtime/events".into(), events: vec!["message".into()], secret: None }
     }
 }
 
@@ -153,10 +142,7 @@ pub struct RawHistory {
 
 impl Default for RawHistory {
     fn default() -> Self {
-        Self {
-            size: 100,
-            ttl: secs(3600),
-        }
+        Self { size: 100, ttl: secs(3600) }
     }
 }
 
@@ -211,10 +197,7 @@ impl Default for RawLimits {
             max_connections_per_ip: 1000,
             max_channels_per_connection: 100,
             max_message_bytes: 65_536,
-            client_rate: RawRate {
-                per_second: 10,
-                burst: 20,
-            },
+            client_rate: RawRate { per_second: 10, burst: 20 },
             subscriber_queue: 1024,
             origins: Vec::new(),
             max_header_bytes: 16 * 1024,
@@ -232,10 +215,7 @@ pub struct RawHeartbeat {
 
 impl Default for RawHeartbeat {
     fn default() -> Self {
-        Self {
-            interval: secs(25),
-            timeout: secs(60),
-        }
+        Self { interval: secs(25), timeout: secs(60) }
     }
 }
 
@@ -248,10 +228,7 @@ pub struct RawBroker {
 
 impl Default for RawBroker {
     fn default() -> Self {
-        Self {
-            kind: "memory".into(),
-            url: "redis://127.0.0.1:6379".into(),
-        }
+        Self { kind: "memory".into(), url: "redis://127.0.0.1:6379".into() }
     }
 }
 
@@ -290,11 +267,7 @@ impl Default for RawConfig {
             prefix: "/_sidewire".into(),
             auth: RawAuth::default(),
             webhooks: RawWebhooks::default(),
-            routes: vec![
-                route("/ws", "websocket"),
-                route("/events", "sse"),
-                route("/poll", "longpoll"),
-            ],
+            routes: vec![route("/ws", "websocket"), route("/events", "sse"), route("/poll", "longpoll")],
             channels: vec![RawChannel {
                 pattern: "*".into(),
                 history: RawHistory::default(),

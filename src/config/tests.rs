@@ -99,10 +99,7 @@ broker: { kind: etcd }
     assert!(has("listen: "), "{p:#?}");
     assert!(has("lissten: unknown key"), "{p:#?}");
     assert!(has("backend.timeout: invalid duration"), "{p:#?}");
-    assert!(
-        has("limits.subscriber_queue: must be greater than 0"),
-        "{p:#?}"
-    );
+    assert!(has("limits.subscriber_queue: must be greater than 0"), "{p:#?}");
     assert!(has("limits.client_rate"), "{p:#?}");
     assert!(has("routes[0].path"), "{p:#?}");
     assert!(has("routes[1].transport"), "{p:#?}");
@@ -123,10 +120,7 @@ fn unknown_nested_key_names_its_path() {
 #[test]
 fn backend_url_is_checked_after_env_expansion() {
     let p = problems("backend: { url: \"${BACKEND_URL}\" }\n");
-    assert_eq!(
-        p,
-        vec!["backend.url: environment variable BACKEND_URL is not set".to_owned()]
-    );
+    assert_eq!(p, vec!["backend.url: environment variable BACKEND_URL is not set".to_owned()]);
     let env = |_: &str| Some("http://10.0.0.5:8000/app/".to_owned());
     let c = Config::from_yaml("backend: { url: \"${BACKEND_URL}\" }\n", &env).unwrap();
     assert_eq!(c.backend.origin.as_str(), "10.0.0.5:8000");
@@ -136,10 +130,7 @@ fn backend_url_is_checked_after_env_expansion() {
 #[test]
 fn admin_secret_required_off_loopback() {
     let p = problems("admin: { listen: \"0.0.0.0:9090\" }\n");
-    assert_eq!(
-        p,
-        vec!["admin.secret: required when admin.listen is not a loopback address".to_owned()]
-    );
+    assert_eq!(p, vec!["admin.secret: required when admin.listen is not a loopback address".to_owned()]);
     assert!(problems("admin: { listen: \"0.0.0.0:9090\", secret: s }\n").is_empty());
 }
 
@@ -159,10 +150,6 @@ fn invalid_yaml_is_one_problem() {
 #[test]
 fn restart_required_lists_listeners() {
     let a = Config::from_yaml("", &no_env).unwrap();
-    let b = Config::from_yaml(
-        "listen: \"127.0.0.1:1\"\nbackend: { timeout: 1s }\n",
-        &no_env,
-    )
-    .unwrap();
+    let b = Config::from_yaml("listen: \"127.0.0.1:1\"\nbackend: { timeout: 1s }\n", &no_env).unwrap();
     assert_eq!(a.restart_required(&b), vec!["listen"]);
 }

@@ -26,10 +26,7 @@ impl Check<'_> {
 
     fn addr(&mut self, path: &str, text: &str) -> SocketAddr {
         text.parse().unwrap_or_else(|_| {
-            self.fail(
-                path,
-                format!("{text:?} is not an address like 0.0.0.0:8080 or [::1]:8080"),
-            );
+            self.fail(path, format!("{text:?} is not an address like 0.0.0.0:8080 or [::1]:8080"));
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -68,27 +65,14 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
         key: PathBuf::from(t.key),
         watch_interval: c.nonzero_dur("tls.watch_interval", t.watch_interval),
     });
-    let admin = AdminConfig {
-        listen: c.addr("admin.listen", &raw.admin.listen),
-        secret: secret(raw.admin.secret),
-    };
+    let admin = AdminConfig { listen: c.addr("admin.listen", &raw.admin.listen), secret: secret(raw.admin.secret) };
     if admin.secret.is_none() && !admin.listen.ip().is_loopback() {
-        c.fail(
-            "admin.secret",
-            "required when admin.listen is not a loopback address",
-        );
+        c.fail("admin.secret", "required when admin.listen is not a loopback address");
     }
     let backend = backend(&mut c, raw.backend);
     let prefix = raw.prefix.clone();
-    if !prefix.starts_with('/')
-        || prefix.len() < 2
-        || prefix.ends_with('/')
-        || prefix.contains(['?', '#'])
-    {
-        c.fail(
-            "prefix",
-            format!("{prefix:?} must look like /_sidewire (leading '/', no trailing '/')"),
-        );
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') || prefix.contains(['?', '#']) {
+        c.fail("prefix", format!("{prefix:?} must look like /_sidewire (leading '/', no trailing '/')"));
     }
     let auth = auth(&mut c, raw.auth);
     let channels = channels(&mut c, raw.channels);
@@ -100,10 +84,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
         timeout: c.nonzero_dur("heartbeat.timeout", raw.heartbeat.timeout),
     };
     if heartbeat.timeout <= heartbeat.interval {
-        c.fail(
-            "heartbeat.timeout",
-            "must be longer than heartbeat.interval",
-        );
+        c.fail("heartbeat.timeout", "must be longer than heartbeat.interval");
     }
     let broker = broker(&mut c, raw.broker);
     Config {
@@ -133,9 +114,10 @@ fn backend(c: &mut Check<'_>, raw: RawBackend) -> BackendConfig {
             }
             base_path = uri.path().trim_end_matches('/').to_owned();
         }
-        Ok(uri) if uri.scheme_str() == Some("https") => {
-            c.fail("backend.url", "https backends are not supported; sidewire reaches its backend over plain HTTP (run it next to the app)")
-        }
+        Ok(uri) if uri.scheme_str() == Some("https") => c.fail(
+            "backend.url",
+            "https backends are not supported; sidewire reaches its backend over plain HTTP (run it next to the app)",
+        ),
         _ => c.fail("backend.url", format!("{:?} must be an absolute http:// URL without query", raw.url)),
     }
     c.positive("backend.pool_max_idle", raw.pool_max_idle.max(1));
@@ -150,18 +132,14 @@ fn backend(c: &mut Check<'_>, raw: RawBackend) -> BackendConfig {
 }
 
 fn auth(c: &mut Check<'_>, raw: RawAuth) -> AuthConfig {
-    let token_header = raw.token_header.filter(|h| !h.is_empty()).and_then(|h| {
-        match HeaderName::try_from(h.as_str()) {
+    let token_header =
+        raw.token_header.filter(|h| !h.is_empty()).and_then(|h| match HeaderName::try_from(h.as_str()) {
             Ok(name) => Some(name),
             Err(_) => {
-                c.fail(
-                    "auth.token_header",
-                    format!("{h:?} is not a valid header name"),
-                );
+                c.fail("auth.token_header", format!("{h:?} is not a valid header name"));
                 None
             }
-        }
-    });
+        });
     AuthConfig {
         endpoint: c.endpoint("auth.endpoint", &raw.endpoint),
         token_query: raw.token_query.filter(|s| !s.is_empty()),
@@ -183,7 +161,10 @@ fn webhooks(c: &mut Check<'_>, raw: RawWebhooks, channels: &[ChannelPolicy]) -> 
             "subscribe" => WebhookEvent::Subscribe,
             "unsubscribe" => WebhookEvent::Unsubscribe,
             other => {
-                c.fail(format!("webhooks.events[{i}]"), format!("unknown event {other:?}; use message, connect, disconnect, subscribe or unsubscribe"));
+                c.fail(
+                    format!("webhooks.events[{i}]"),
+                    format!("unknown event {other:?}; use message, connect, disconnect, subscribe or unsubscribe"),
+                );
                 continue;
             }
         };
@@ -192,24 +173,18 @@ fn webhooks(c: &mut Check<'_>, raw: RawWebhooks, channels: &[ChannelPolicy]) -> 
         }
     }
     let secret = secret(raw.secret);
-    let backend_publish = channels
-        .iter()
-        .any(|p| p.client_publish == ClientPublish::Backend);
+    let backend_publish = channels.iter().any(|p| p.client_publish == ClientPublish::Backend);
     let lifecycle = events.iter().any(|e| *e != WebhookEvent::Message);
     if secret.is_none() && (backend_publish || lifecycle) {
-        c.fail("webhooks.secret", "required to sign webhooks (a channel uses client_publish: backend or lifecycle events are enabled)");
-    }
-    if backend_publish && !events.contains(&WebhookEvent::Message) {
         c.fail(
-            "webhooks.events",
-            "must include message while a channel uses client_publish: backend",
+            "webhooks.secret",
+            "required to sign webhooks (a channel uses client_publish: backend or lifecycle events are enabled)",
         );
     }
-    WebhookConfig {
-        endpoint: c.endpoint("webhooks.endpoint", &raw.endpoint),
-        events,
-        secret,
+    if backend_publish && !events.contains(&WebhookEvent::Message) {
+        c.fail("webhooks.events", "must include message while a channel uses client_publish: backend");
     }
+    WebhookConfig { endpoint: c.endpoint("webhooks.endpoint", &raw.endpoint), events, secret }
 }
 
 fn routes(c: &mut Check<'_>, raw: Vec<RawRoute>, prefix: &str) -> Vec<RouteConfig> {
@@ -237,26 +212,17 @@ fn routes(c: &mut Check<'_>, raw: Vec<RawRoute>, prefix: &str) -> Vec<RouteConfi
             }
         };
         if r.path == prefix || r.path.starts_with(&format!("{prefix}/")) {
-            c.fail(
-                format!("{at}.path"),
-                format!("{:?} is under the reserved prefix {prefix}", r.path),
-            );
+            c.fail(format!("{at}.path"), format!("{:?} is under the reserved prefix {prefix}", r.path));
         }
         if !seen.insert(r.path.clone()) {
-            c.fail(
-                format!("{at}.path"),
-                format!("{:?} is already routed", r.path),
-            );
+            c.fail(format!("{at}.path"), format!("{:?} is already routed", r.path));
         }
         let mut channels = Vec::new();
         for (j, t) in r.channels.iter().enumerate() {
             match ChannelTemplate::parse(t) {
                 Ok(tpl) => {
                     let params: Vec<&str> = path.params().collect();
-                    if let Some(p) = tpl
-                        .params()
-                        .find(|p| *p != crate::template::USER_PARAM && !params.contains(p))
-                    {
+                    if let Some(p) = tpl.params().find(|p| *p != crate::template::USER_PARAM && !params.contains(p)) {
                         c.fail(
                             format!("{at}.channels[{j}]"),
                             format!("{{{p}}} is not a parameter of path {:?}", r.path),
@@ -268,16 +234,9 @@ fn routes(c: &mut Check<'_>, raw: Vec<RawRoute>, prefix: &str) -> Vec<RouteConfi
             }
         }
         if channels.is_empty() && path.params().next().is_some() {
-            c.fail(
-                format!("{at}.channels"),
-                "a path with parameters needs channel templates that use them",
-            );
+            c.fail(format!("{at}.channels"), "a path with parameters needs channel templates that use them");
         }
-        out.push(RouteConfig {
-            path,
-            transport,
-            channels,
-        });
+        out.push(RouteConfig { path, transport, channels });
     }
     out
 }
@@ -294,16 +253,10 @@ fn channels(c: &mut Check<'_>, raw: Vec<RawChannel>) -> Vec<ChannelPolicy> {
             }
         };
         if ch.history.size > MAX_HISTORY {
-            c.fail(
-                format!("{at}.history.size"),
-                format!("must be at most {MAX_HISTORY}"),
-            );
+            c.fail(format!("{at}.history.size"), format!("must be at most {MAX_HISTORY}"));
         }
         if ch.history.size > 0 && ch.history.ttl.0.is_zero() {
-            c.fail(
-                format!("{at}.history.ttl"),
-                "must be longer than 0s when history.size > 0",
-            );
+            c.fail(format!("{at}.history.ttl"), "must be longer than 0s when history.size > 0");
         }
         let client_publish = match ch.client_publish.as_str() {
             "deny" => ClientPublish::Deny,
@@ -319,10 +272,7 @@ fn channels(c: &mut Check<'_>, raw: Vec<RawChannel>) -> Vec<ChannelPolicy> {
         };
         for (j, e) in ch.ephemeral.iter().enumerate() {
             if e.is_empty() || e.len() > 64 || e.contains(['\n', '\r']) {
-                c.fail(
-                    format!("{at}.ephemeral[{j}]"),
-                    "event names are 1-64 characters without line breaks",
-                );
+                c.fail(format!("{at}.ephemeral[{j}]"), "event names are 1-64 characters without line breaks");
             }
         }
         out.push(ChannelPolicy {
@@ -341,36 +291,22 @@ fn channels(c: &mut Check<'_>, raw: Vec<RawChannel>) -> Vec<ChannelPolicy> {
 fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
     c.positive("limits.max_connections", raw.max_connections);
     c.positive("limits.max_connections_per_ip", raw.max_connections_per_ip);
-    c.positive(
-        "limits.max_channels_per_connection",
-        raw.max_channels_per_connection,
-    );
+    c.positive("limits.max_channels_per_connection", raw.max_channels_per_connection);
     c.positive("limits.subscriber_queue", raw.subscriber_queue);
     if raw.max_message_bytes < 64 || raw.max_message_bytes > MAX_MESSAGE_BYTES {
-        c.fail(
-            "limits.max_message_bytes",
-            format!("must be between 64 and {MAX_MESSAGE_BYTES}"),
-        );
+        c.fail("limits.max_message_bytes", format!("must be between 64 and {MAX_MESSAGE_BYTES}"));
     }
     if raw.client_rate.per_second == 0 || raw.client_rate.burst == 0 {
-        c.fail(
-            "limits.client_rate",
-            "per_second and burst must be greater than 0",
-        );
+        c.fail("limits.client_rate", "per_second and burst must be greater than 0");
     }
     if raw.max_header_bytes < MIN_HEADER_BYTES {
-        c.fail(
-            "limits.max_header_bytes",
-            format!("must be at least {MIN_HEADER_BYTES}"),
-        );
+        c.fail("limits.max_header_bytes", format!("must be at least {MIN_HEADER_BYTES}"));
     }
     let mut origins = Vec::new();
     for (i, o) in raw.origins.iter().enumerate() {
         let lower = o.trim_end_matches('/').to_ascii_lowercase();
         let ok = lower == "*"
-            || lower
-                .parse::<Uri>()
-                .is_ok_and(|u| u.scheme().is_some() && u.authority().is_some() && u.path() == "/");
+            || lower.parse::<Uri>().is_ok_and(|u| u.scheme().is_some() && u.authority().is_some() && u.path() == "/");
         if ok {
             origins.push(lower);
         } else {
@@ -385,10 +321,7 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
         max_connections_per_ip: raw.max_connections_per_ip,
         max_channels_per_connection: raw.max_channels_per_connection,
         max_message_bytes: raw.max_message_bytes,
-        client_rate: Rate {
-            per_second: raw.client_rate.per_second,
-            burst: raw.client_rate.burst,
-        },
+        client_rate: Rate { per_second: raw.client_rate.per_second, burst: raw.client_rate.burst },
         subscriber_queue: raw.subscriber_queue,
         origins,
         max_header_bytes: raw.max_header_bytes,
@@ -400,22 +333,14 @@ fn broker(c: &mut Check<'_>, raw: RawBroker) -> BrokerConfig {
     match raw.kind.as_str() {
         "memory" => BrokerConfig::Memory,
         "redis" => {
-            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|s| raw.url.starts_with(s));
+            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| raw.url.starts_with(s));
             if !ok {
-                c.fail(
-                    "broker.url",
-                    format!("{:?} must be a redis:// URL", raw.url),
-                );
+                c.fail("broker.url", format!("{:?} must be a redis:// URL", raw.url));
             }
             BrokerConfig::Redis { url: raw.url }
         }
         other => {
-            c.fail(
-                "broker.kind",
-                format!("unknown broker {other:?}; use memory or redis"),
-            );
+            c.fail("broker.kind", format!("unknown broker {other:?}; use memory or redis"));
             BrokerConfig::Memory
         }
     }

@@ -91,11 +91,7 @@ impl Channel {
         let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
             return Some(None);
         };
-        Some(
-            presence
-                .join(member)
-                .then(|| Arc::new(Message::presence(name.clone(), true, &member.user))),
-        )
+        Some(presence.join(member).then(|| Arc::new(Message::presence(name.clone(), true, &member.user))))
     }
 
     /// Removes a subscriber; `None` when it was not one, else the `leave` to announce.
@@ -109,9 +105,7 @@ impl Channel {
         let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
             return None;
         };
-        presence
-            .leave(&member.user)
-            .then(|| Arc::new(Message::presence(name.clone(), false, &member.user)))
+        presence.leave(&member.user).then(|| Arc::new(Message::presence(name.clone(), false, &member.user)))
     }
 
     /// Messages after `seq`, if history covers everything after it; `None` = gap.
@@ -120,13 +114,7 @@ impl Channel {
         if seq < self.floor {
             return None;
         }
-        Some(
-            self.history
-                .iter()
-                .filter(|m| m.id.is_some_and(|id| id.seq > seq))
-                .cloned()
-                .collect(),
-        )
+        Some(self.history.iter().filter(|m| m.id.is_some_and(|id| id.seq > seq)).cloned().collect())
     }
 
     /// Appends to history (unless ephemeral) and offers to every subscriber.
@@ -135,12 +123,7 @@ impl Channel {
         let retention = self.retention;
         let mut history_delta = 0i64;
         if let Some(id) = msg.id {
-            debug_assert!(
-                self.history
-                    .back()
-                    .and_then(|m| m.id)
-                    .is_none_or(|last| last < id)
-            );
+            debug_assert!(self.history.back().and_then(|m| m.id).is_none_or(|last| last < id));
             if retention.size == 0 {
                 self.floor = id.seq;
             } else {
@@ -206,9 +189,7 @@ impl Channel {
         let retention = self.retention;
         let mut n = 0;
         while let Some(front) = self.history.front() {
-            if now.saturating_duration_since(front.at) < retention.ttl
-                && self.history.len() <= retention.size
-            {
+            if now.saturating_duration_since(front.at) < retention.ttl && self.history.len() <= retention.size {
                 break;
             }
             self.floor = front.id.map_or(self.floor, |i| i.seq);

@@ -20,9 +20,7 @@ impl Epoch {
     /// A fresh epoch: the low bits of the clock mixed with the process id, so two
     /// instances (or restarts) practically never share one.
     pub fn fresh() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
         let x = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // Never 0, so an all-zero cursor is never valid by accident.
@@ -68,10 +66,7 @@ impl MessageId {
     pub fn parse(text: &str) -> Option<Self> {
         let cursor = Cursor::parse(text)?;
         match cursor.positions.as_slice() {
-            [seq] => Some(Self {
-                epoch: cursor.epoch.0,
-                seq: *seq,
-            }),
+            [seq] => Some(Self { epoch: cursor.epoch.0, seq: *seq }),
             _ => None,
         }
     }
@@ -106,10 +101,7 @@ impl Cursor {
         if positions.is_empty() || epoch == 0 {
             return None;
         }
-        Some(Self {
-            epoch: Epoch(epoch),
-            positions,
-        })
+        Some(Self { epoch: Epoch(epoch), positions })
     }
 }
 
@@ -129,16 +121,10 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let id = MessageId {
-            epoch: 123_456,
-            seq: 42,
-        };
+        let id = MessageId { epoch: 123_456, seq: 42 };
         assert_eq!(id.to_string(), "2n9c.42");
         assert_eq!(MessageId::parse("2n9c.42"), Some(id));
-        let c = Cursor {
-            epoch: Epoch(7),
-            positions: vec![1, 0, 99],
-        };
+        let c = Cursor { epoch: Epoch(7), positions: vec![1, 0, 99] };
         assert_eq!(c.to_string(), "7.1.0.99");
         assert_eq!(Cursor::parse("7.1.0.99"), Some(c));
         assert_eq!(MessageId::parse("7.1.0"), None);

@@ -40,12 +40,7 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(
-        channel: ChannelName,
-        id: Option<MessageId>,
-        event: Option<Box<str>>,
-        data: Box<RawValue>,
-    ) -> Self {
+    pub fn new(channel: ChannelName, id: Option<MessageId>, event: Option<Box<str>>, data: Box<RawValue>) -> Self {
         Self {
             kind: Kind::Publish,
             channel,
@@ -64,11 +59,7 @@ impl Message {
     pub fn presence(channel: ChannelName, join: bool, user: &str) -> Self {
         let data = serde_json::json!({ "channel": channel.as_str(), "user": user }).to_string();
         let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
-        let (kind, event) = if join {
-            (Kind::Join, "join")
-        } else {
-            (Kind::Leave, "leave")
-        };
+        let (kind, event) = if join { (Kind::Join, "join") } else { (Kind::Leave, "leave") };
         let mut msg = Self::new(channel, None, Some(event.into()), data);
         msg.kind = kind;
         msg
@@ -81,17 +72,13 @@ impl Message {
 
     /// The WebSocket text frame `{"type":"message",…}`, encoded once.
     pub fn ws_frame(&self) -> Utf8Bytes {
-        self.ws
-            .get_or_init(|| Utf8Bytes::from(crate::protocol::encode_message(self)))
-            .clone()
+        self.ws.get_or_init(|| Utf8Bytes::from(crate::protocol::encode_message(self))).clone()
     }
 
     /// The SSE event without its `id:` line (`event:` + `data:` lines + blank line),
     /// encoded once; the stream prefixes its own cursor.
     pub fn sse_body(&self) -> Bytes {
-        self.sse
-            .get_or_init(|| Bytes::from(crate::sse::encode_body(self.event.as_deref(), &self.data)))
-            .clone()
+        self.sse.get_or_init(|| Bytes::from(crate::sse::encode_body(self.event.as_deref(), &self.data))).clone()
     }
 
     /// The JSON object used in long-poll responses and history: `{channel,id,event?,data}`.

@@ -128,9 +128,7 @@ impl Hub {
     fn shard(&self, name: &ChannelName) -> MutexGuard<'_, Shard> {
         let i = (self.0.hasher.hash_one(name) as usize) % SHARDS;
         // A panic while holding the lock leaves only counters half-updated; keep serving.
-        self.0.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.0.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes on one channel: assigns the id (unless `ephemeral`), stores it in
@@ -138,13 +136,9 @@ impl Hub {
     pub fn publish(&self, draft: Draft, retention: Retention) -> Arc<Message> {
         let mut shard = self.shard(&draft.channel);
         let channel = shard.entry(&draft.channel, retention);
-        let id = (!draft.ephemeral).then(|| MessageId {
-            epoch: self.0.epoch.0,
-            seq: self.0.seq.fetch_add(1, Ordering::AcqRel) + 1,
-        });
-        let msg = Arc::new(
-            Message::new(draft.channel, id, draft.event, draft.data).with_exclude(draft.exclude),
-        );
+        let id = (!draft.ephemeral)
+            .then(|| MessageId { epoch: self.0.epoch.0, seq: self.0.seq.fetch_add(1, Ordering::AcqRel) + 1 });
+        let msg = Arc::new(Message::new(draft.channel, id, draft.event, draft.data).with_exclude(draft.exclude));
         let (fanout, history_delta) = channel.deliver(&msg);
         shard.drop_if_idle(&msg.channel);
         drop(shard);
@@ -170,13 +164,7 @@ impl Hub {
     }
 
     /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.
-    pub fn subscribe(
-        &self,
-        channel: &ChannelName,
-        outbox: &Outbox,
-        since: Since,
-        retention: Retention,
-    ) -> Subscribed {
+    pub fn subscribe(&self, channel: &ChannelName, outbox: &Outbox, since: Since, retention: Retention) -> Subscribed {
         let mut shard = self.shard(channel);
         let head = self.0.seq.load(Ordering::Acquire);
         let state = shard.entry(channel, retention);
@@ -192,9 +180,7 @@ impl Hub {
             Since::After { .. } => (false, Vec::new()),
         };
         let position = match (since, recovered) {
-            (Since::After { seq, .. }, true) => {
-                replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq)
-            }
+            (Since::After { seq, .. }, true) => replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq),
             _ => head,
         };
         let expired = before - state.history_len();
@@ -212,12 +198,7 @@ impl Hub {
             self.0.stats.subscriptions.inc();
         }
         self.count_fanout(fanout);
-        Subscribed {
-            recovered,
-            replay,
-            position,
-            added,
-        }
+        Subscribed { recovered, replay, position, added }
     }
 
     /// Removes `conn` from `channel` (announcing `leave` if it was its user's last
@@ -245,11 +226,7 @@ impl Hub {
     /// ever subscribed on this instance).
     pub fn presence(&self, channel: &ChannelName) -> Option<Vec<presence::PresentUser>> {
         let shard = self.shard(channel);
-        shard
-            .channels
-            .get(channel)
-            .and_then(|c| c.presence())
-            .map(|p| p.list())
+        shard.channels.get(channel).and_then(|c| c.presence()).map(|p| p.list())
     }
 
     /// Expires old history everywhere and forgets idle channels. Called periodically.
@@ -271,11 +248,7 @@ impl Hub {
         for shard in self.0.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             out.extend(
-                shard
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.subscribers() > 0)
-                    .map(|(n, c)| (n.clone(), c.subscribers())),
+                shard.channels.iter().filter(|(_, c)| c.subscribers() > 0).map(|(n, c)| (n.clone(), c.subscribers())),
             );
         }
         out.sort();
@@ -303,13 +276,9 @@ impl Shard {
     fn entry(&mut self, name: &ChannelName, retention: Retention) -> &mut Channel {
         if !self.channels.contains_key(name) {
             let floor = self.dropped.remove(name).unwrap_or(self.forgotten);
-            self.channels
-                .insert(name.clone(), Channel::new(floor, retention));
+            self.channels.insert(name.clone(), Channel::new(floor, retention));
         }
-        let channel = self
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| Channel::new(0, retention));
+        let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::new(0, retention));
         channel.retention = retention;
         channel
     }
@@ -327,8 +296,7 @@ impl Shard {
         if self.dropped.len() >= MAX_DROPPED {
             // Forget half (arbitrary ones); their floors fold into `forgotten`, which is
             // conservative: a forgotten channel may report a reset it could have avoided.
-            let forget: Vec<ChannelName> =
-                self.dropped.keys().take(MAX_DROPPED / 2).cloned().collect();
+            let forget: Vec<ChannelName> = self.dropped.keys().take(MAX_DROPPED / 2).cloned().collect();
             for key in forget {
                 if let Some(f) = self.dropped.remove(&key) {
                     self.forgotten = self.forgotten.max(f);

@@ -47,15 +47,7 @@ pub enum Offer {
 pub fn outbox(conn: ConnId, member: Option<Arc<Member>>, capacity: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let evicted = CancellationToken::new();
-    (
-        Outbox {
-            conn,
-            member,
-            tx,
-            evicted: evicted.clone(),
-        },
-        Inbox { conn, rx, evicted },
-    )
+    (Outbox { conn, member, tx, evicted: evicted.clone() }, Inbox { conn, rx, evicted })
 }
 
 impl Outbox {
@@ -96,10 +88,7 @@ impl Inbox {
         self.rx.try_recv().ok()
     }
 
-    pub fn poll_recv(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Arc<Message>>> {
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Message>>> {
         self.rx.poll_recv(cx)
     }
 

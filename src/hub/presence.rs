@@ -26,10 +26,7 @@ pub struct Presence {
 impl Presence {
     /// Counts a connection of `member`; `true` when the user was not present before.
     pub fn join(&mut self, member: &Member) -> bool {
-        let entry = self
-            .members
-            .entry(Arc::clone(&member.user))
-            .or_insert((0, None));
+        let entry = self.members.entry(Arc::clone(&member.user)).or_insert((0, None));
         entry.0 += 1;
         entry.1.clone_from(&member.info);
         entry.0 == 1
@@ -52,11 +49,7 @@ impl Presence {
 
     /// `(user, connections, info)` for every present user, sorted by user.
     pub fn list(&self) -> Vec<PresentUser> {
-        let mut out: Vec<_> = self
-            .members
-            .iter()
-            .map(|(u, (n, info))| (Arc::clone(u), *n, info.clone()))
-            .collect();
+        let mut out: Vec<_> = self.members.iter().map(|(u, (n, info))| (Arc::clone(u), *n, info.clone())).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -69,10 +62,7 @@ mod tests {
     #[test]
     fn once_per_user() {
         let mut p = Presence::default();
-        let alice = Member {
-            user: "alice".into(),
-            info: None,
-        };
+        let alice = Member { user: "alice".into(), info: None };
         assert!(p.join(&alice));
         assert!(!p.join(&alice), "second tab");
         assert_eq!(p.list()[0].1, 2);

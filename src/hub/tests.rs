@@ -22,20 +22,14 @@ fn draft(channel: &str, n: u32) -> Draft {
     }
 }
 
-const KEEP: Retention = Retention {
-    size: 3,
-    ttl: Duration::from_secs(3600),
-    presence: false,
-};
+const KEEP: Retention = Retention { size: 3, ttl: Duration::from_secs(3600), presence: false };
 
 #[tokio::test]
 async fn fan_out_in_order_with_strictly_rising_ids() {
     let hub = hub();
     let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
     hub.subscribe(&ch("a"), &o, Since::Live, KEEP);
-    let ids: Vec<MessageId> = (0..5)
-        .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
-        .collect();
+    let ids: Vec<MessageId> = (0..5).map(|n| hub.publish(draft("a", n), KEEP).id.unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     for id in ids {
         assert_eq!(inbox.recv().await.unwrap().id, Some(id));
@@ -45,49 +39,20 @@ async fn fan_out_in_order_with_strictly_rising_ids() {
 #[test]
 fn resume_replays_after_cursor_and_detects_gaps() {
     let hub = hub();
-    let ids: Vec<MessageId> = (0..5)
-        .map(|n| hub.publish(draft("a", n), KEEP).id.unwrap())
-        .collect();
+    let ids: Vec<MessageId> = (0..5).map(|n| hub.publish(draft("a", n), KEEP).id.unwrap()).collect();
     // History holds the last 3 (ids[2..]); resuming after ids[1] is complete.
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(
-        &ch("a"),
-        &o,
-        Since::After {
-            epoch: Epoch(77),
-            seq: ids[1].seq,
-        },
-        KEEP,
-    );
+    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: ids[1].seq }, KEEP);
     assert!(sub.recovered);
-    assert_eq!(
-        sub.replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(),
-        ids[2..].to_vec()
-    );
+    assert_eq!(sub.replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(), ids[2..].to_vec());
     // After ids[0]: ids[1] was trimmed, so the gap cannot be filled.
     let (o2, _i2) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(
-        &ch("a"),
-        &o2,
-        Since::After {
-            epoch: Epoch(77),
-            seq: ids[0].seq,
-        },
-        KEEP,
-    );
+    let sub = hub.subscribe(&ch("a"), &o2, Since::After { epoch: Epoch(77), seq: ids[0].seq }, KEEP);
     assert!(!sub.recovered);
     assert!(sub.replay.is_empty());
     // Another epoch (a restart) is never resumable.
     let (o3, _i3) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(
-        &ch("a"),
-        &o3,
-        Since::After {
-            epoch: Epoch(1),
-            seq: 4,
-        },
-        KEEP,
-    );
+    let sub = hub.subscribe(&ch("a"), &o3, Since::After { epoch: Epoch(1), seq: 4 }, KEEP);
     assert!(!sub.recovered);
 }
 
@@ -98,15 +63,7 @@ fn ephemeral_messages_have_no_id_and_no_history() {
     d.ephemeral = true;
     assert!(hub.publish(d, KEEP).id.is_none());
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(
-        &ch("a"),
-        &o,
-        Since::After {
-            epoch: Epoch(77),
-            seq: 0,
-        },
-        KEEP,
-    );
+    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: 0 }, KEEP);
     assert!(sub.recovered);
     assert!(sub.replay.is_empty());
 }
@@ -114,25 +71,13 @@ fn ephemeral_messages_have_no_id_and_no_history() {
 #[tokio::test(start_paused = true)]
 async fn history_expires_after_ttl() {
     let hub = hub();
-    let short = Retention {
-        size: 10,
-        ttl: Duration::from_secs(60),
-        presence: false,
-    };
+    let short = Retention { size: 10, ttl: Duration::from_secs(60), presence: false };
     let first = hub.publish(draft("a", 1), short).id.unwrap();
     hub.publish(draft("a", 2), short);
     tokio::time::advance(Duration::from_secs(61)).await;
     hub.sweep();
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(
-        &ch("a"),
-        &o,
-        Since::After {
-            epoch: Epoch(77),
-            seq: first.seq - 1,
-        },
-        short,
-    );
+    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: first.seq - 1 }, short);
     assert!(!sub.recovered, "expired history cannot fill the gap");
 }
 
@@ -171,14 +116,8 @@ async fn exclude_connection_is_skipped() {
 #[tokio::test]
 async fn presence_joins_and_leaves_once_per_user() {
     let hub = hub();
-    let with = Retention {
-        presence: true,
-        ..KEEP
-    };
-    let alice = Some(Arc::new(Member {
-        user: "alice".into(),
-        info: None,
-    }));
+    let with = Retention { presence: true, ..KEEP };
+    let alice = Some(Arc::new(Member { user: "alice".into(), info: None }));
     let (watcher, mut wi) = outbox(hub.next_conn(), None, 16);
     hub.subscribe(&ch("p"), &watcher, Since::Live, with);
     let (tab1, _t1) = outbox(hub.next_conn(), alice.clone(), 16);
@@ -209,11 +148,7 @@ fn an_eviction_counts_once_and_leaves_every_channel() {
     for c in ["a", "b", "c"] {
         hub.publish(draft(c, 1), KEEP);
     }
-    assert_eq!(
-        hub.stats().evicted_slow.get(),
-        1,
-        "one connection, one eviction"
-    );
+    assert_eq!(hub.stats().evicted_slow.get(), 1, "one connection, one eviction");
     assert_eq!(hub.channels(), vec![(ch("a"), 2)]);
     // "a" still lists it until its next message finds it evicted.
     hub.publish(draft("a", 2), KEEP);

@@ -24,9 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::{
-    CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
-};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
@@ -111,30 +109,17 @@ fn handshake_key(req: &Request<Incoming>) -> Result<String, Rejection> {
     if req.method() != Method::GET || req.version() != Version::HTTP_11 {
         return Err(bad("a WebSocket handshake is an HTTP/1.1 GET"));
     }
-    let is_ws = h
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let is_ws =
+        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_ws || !connection_has(h, "upgrade") {
         return Err(bad("this endpoint needs a WebSocket upgrade"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = Rejection::json(
-            StatusCode::UPGRADE_REQUIRED,
-            "bad_request",
-            "Sec-WebSocket-Version must be 13",
-        );
-        r.headers.push((
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        ));
+        let mut r = Rejection::json(StatusCode::UPGRADE_REQUIRED, "bad_request", "Sec-WebSocket-Version must be 13");
+        r.headers.push((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
         return Err(r);
     }
-    let key = h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim();
+    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
     if key.len() != 24 || !key.ends_with("==") {
         return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
     }
@@ -226,33 +211,17 @@ fn ws_config(config: &Config) -> WebSocketConfig {
 async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let config = Some(ws_config(&ctx.config));
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
-    let ask = AuthRequest {
-        transport: "websocket",
-        path: &ctx.path,
-        channels: Vec::new(),
-    };
-    let identity = match ctx
-        .state
-        .auth
-        .identify(&ctx.state, ctx.cred.as_ref(), ask)
-        .await
-    {
+    let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels: Vec::new() };
+    let identity = match ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask).await {
         Ok(id) => id,
         Err(e) => return close(&mut ws, e.close_code(), e.reason()).await,
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
-    let (outbox, inbox) = outbox(
-        session.conn,
-        session.member.clone(),
-        ctx.config.limits.subscriber_queue,
-    );
+    let (outbox, inbox) = outbox(session.conn, session.member.clone(), ctx.config.limits.subscriber_queue);
     let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
     let (replies_tx, replies) = mpsc::channel(MAX_PENDING_WEBHOOKS);
     let expiry = arm_expiry(&ctx, Arc::clone(&session.identity));
-    let interrupt = Interrupt {
-        evicted: inbox.evicted().clone(),
-        shutdown: ctx.state.shutdown.token().clone(),
-    };
+    let interrupt = Interrupt { evicted: inbox.evicted().clone(), shutdown: ctx.state.shutdown.token().clone() };
     let mut conn = Conn {
         interrupt,
         ctx,
@@ -278,22 +247,13 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
 
 fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Expiry {
     let state = Arc::clone(&ctx.state);
-    Box::pin(auth::recheck(
-        state,
-        ctx.cred.clone(),
-        identity,
-        "websocket",
-        ctx.path.clone(),
-    ))
+    Box::pin(auth::recheck(state, ctx.cred.clone(), identity, "websocket", ctx.path.clone()))
 }
 
 /// Sends a close frame and waits (bounded) for the client's reply so the closing
 /// handshake completes cleanly.
 async fn close(ws: &mut Ws, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from_static(reason),
-    };
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if ws.close(Some(frame)).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
@@ -306,24 +266,19 @@ impl Conn {
     /// `welcome`, then the route's own channels.
     async fn start(&mut self) -> Result<(), End> {
         let conn_name = self.ctx.state.hub.conn_name(self.session.conn);
-        let body =
-            serde_json::json!({ "user": self.session.identity.user, "connection": conn_name });
+        let body = serde_json::json!({ "user": self.session.identity.user, "connection": conn_name });
         self.send(protocol::encode("welcome", body, None)).await?;
         for template in self.ctx.route.channels.clone() {
             match template.fill(&self.ctx.params, self.session.identity.user.as_deref()) {
                 Ok(name) => self.subscribe(name.as_str(), None, None).await?,
                 Err(FillError::NoUser) => {
-                    return Err(End::Close(
-                        close_code::AUTH_REQUIRED,
-                        "Authentication required",
-                    ));
+                    return Err(End::Close(close_code::AUTH_REQUIRED, "Authentication required"));
                 }
                 // A path segment that makes no valid channel is the client's mistake in
                 // the URL, not missing credentials: an error reply, as for `subscribe`.
                 Err(e) => {
                     let msg = format!("this path names no valid channel: {e}");
-                    self.send(protocol::error(ErrorCode::BadRequest, &msg, None))
-                        .await?;
+                    self.send(protocol::error(ErrorCode::BadRequest, &msg, None)).await?;
                 }
             }
         }
@@ -332,8 +287,7 @@ impl Conn {
 
     async fn serve(&mut self) -> End {
         let interval = self.ctx.config.heartbeat.interval;
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Every arm is cancel-safe: channel receives, `next()` (tungstenite keeps
@@ -356,12 +310,7 @@ impl Conn {
     fn on_expiry(&mut self, verdict: Result<Arc<Identity>, AuthError>) -> Result<(), End> {
         let identity = verdict.map_err(|e| End::Close(e.close_code(), e.reason()))?;
         let config = self.ctx.state.config.load();
-        if self
-            .session
-            .channels
-            .iter()
-            .any(|c| realtime::authorize(&config, &identity, c).is_err())
-        {
+        if self.session.channels.iter().any(|c| realtime::authorize(&config, &identity, c).is_err()) {
             return Err(End::Close(close_code::FORBIDDEN, "Forbidden"));
         }
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));
@@ -378,14 +327,7 @@ impl Conn {
 
     /// Sends `first` and whatever else is queued, then flushes once.
     async fn deliver(&mut self, first: Arc<Message>) -> Result<(), End> {
-        let Conn {
-            ctx,
-            ws,
-            session,
-            inbox,
-            interrupt,
-            ..
-        } = self;
+        let Conn { ctx, ws, session, inbox, interrupt, .. } = self;
         let mut next = Some(first);
         let write = async {
             let mut n = 0;
@@ -433,8 +375,7 @@ impl Conn {
                     return Ok(());
                 }
                 let msg = "binary frames are not supported; send JSON text";
-                self.send(protocol::error(ErrorCode::BadRequest, msg, None))
-                    .await
+                self.send(protocol::error(ErrorCode::BadRequest, msg, None)).await
             }
             // Pings are answered by tungstenite on the next write; the Close reply too,
             // once we keep reading until the stream ends.
@@ -443,9 +384,7 @@ impl Conn {
                 bounded(&self.interrupt, timeout, self.ws.flush()).await
             }
             Frame::Close(_) => {
-                while let Ok(Some(Ok(_))) =
-                    tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await
-                {}
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await {}
                 Err(End::Gone)
             }
         }
@@ -477,10 +416,7 @@ impl Conn {
         self.strikes += 1;
         if self.strikes > MAX_STRIKES {
             self.ctx.state.metrics.eviction("rate_limit");
-            return Err(End::Close(
-                close_code::POLICY,
-                "rate limit exceeded repeatedly",
-            ));
+            return Err(End::Close(close_code::POLICY, "rate limit exceeded repeatedly"));
         }
         let frame = protocol::error(ErrorCode::RateLimited, "too many messages; slow down", None);
         self.send(frame).await?;

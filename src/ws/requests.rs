@@ -18,33 +18,22 @@ use crate::realtime::{self, ChannelError, Publish};
 use crate::webhook::{self, Reply};
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ChannelError {
-    ChannelError {
-        code,
-        message: message.into(),
-    }
+    ChannelError { code, message: message.into() }
 }
 
 /// Where `since` points; an unreadable cursor resumes nothing (`recovered: false`).
 fn since(text: Option<&str>) -> Since {
     match text.map(MessageId::parse) {
         None => Since::Live,
-        Some(Some(id)) => Since::After {
-            epoch: Epoch(id.epoch),
-            seq: id.seq,
-        },
-        Some(None) => Since::After {
-            epoch: Epoch(0),
-            seq: 0,
-        },
+        Some(Some(id)) => Since::After { epoch: Epoch(id.epoch), seq: id.seq },
+        Some(None) => Since::After { epoch: Epoch(0), seq: 0 },
     }
 }
 
 /// `[{user, connections}]` of a presence channel.
 fn users(state: &State, name: &ChannelName) -> Vec<serde_json::Value> {
     let list = state.hub.presence(name).unwrap_or_default();
-    list.into_iter()
-        .map(|(user, n, _)| json!({ "user": &*user, "connections": n }))
-        .collect()
+    list.into_iter().map(|(user, n, _)| json!({ "user": &*user, "connections": n })).collect()
 }
 
 impl Conn {
@@ -52,25 +41,15 @@ impl Conn {
         let (msg, reference) = match protocol::parse(text) {
             Ok(pair) => pair,
             Err(bad) => {
-                let frame = protocol::error(
-                    ErrorCode::BadRequest,
-                    &bad.message,
-                    bad.reference.as_deref(),
-                );
+                let frame = protocol::error(ErrorCode::BadRequest, &bad.message, bad.reference.as_deref());
                 return self.send(frame).await;
             }
         };
         let r = reference.as_deref();
         match msg {
-            ClientMsg::Subscribe { channel, since } => {
-                self.subscribe(&channel, since.as_deref(), r).await
-            }
+            ClientMsg::Subscribe { channel, since } => self.subscribe(&channel, since.as_deref(), r).await,
             ClientMsg::Unsubscribe { channel } => self.unsubscribe(&channel, r).await,
-            ClientMsg::Publish {
-                channel,
-                event,
-                data,
-            } => self.publish(&channel, event.as_deref(), &data, r).await,
+            ClientMsg::Publish { channel, event, data } => self.publish(&channel, event.as_deref(), &data, r).await,
             ClientMsg::Presence { channel } => self.presence(&channel, r).await,
             ClientMsg::Ping => self.send(protocol::encode("pong", json!({}), r)).await,
         }
@@ -99,18 +78,10 @@ impl Conn {
         let max = config.limits.max_channels_per_connection;
         if !self.session.channels.contains(&name) && self.session.channels.len() >= max {
             return self
-                .refused(
-                    refuse(
-                        ErrorCode::Forbidden,
-                        format!("at most {max} channels per connection"),
-                    ),
-                    r,
-                )
+                .refused(refuse(ErrorCode::Forbidden, format!("at most {max} channels per connection")), r)
                 .await;
         }
-        let sub = self
-            .session
-            .subscribe(&name, &self.outbox, since(since_text), retention);
+        let sub = self.session.subscribe(&name, &self.outbox, since(since_text), retention);
         let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered });
         if retention.presence {
             body["presence"] = users(&self.ctx.state, &name).into();
@@ -125,12 +96,7 @@ impl Conn {
             Err(e) => return self.refused(e, r).await,
         };
         self.session.unsubscribe(&name);
-        self.send(protocol::encode(
-            "unsubscribed",
-            json!({ "channel": name.as_str() }),
-            r,
-        ))
-        .await
+        self.send(protocol::encode("unsubscribed", json!({ "channel": name.as_str() }), r)).await
     }
 
     async fn presence(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
@@ -140,16 +106,12 @@ impl Conn {
             if policy.presence {
                 Ok(name)
             } else {
-                Err(refuse(
-                    ErrorCode::BadRequest,
-                    format!("presence is not enabled on {name}"),
-                ))
+                Err(refuse(ErrorCode::BadRequest, format!("presence is not enabled on {name}")))
             }
         });
         match checked {
             Ok(name) => {
-                let body =
-                    json!({ "channel": name.as_str(), "users": users(&self.ctx.state, &name) });
+                let body = json!({ "channel": name.as_str(), "users": users(&self.ctx.state, &name) });
                 self.send(protocol::encode("presence", body, r)).await
             }
             Err(e) => self.refused(e, r).await,
@@ -167,15 +129,7 @@ impl Conn {
         let checked = realtime::channel_name(channel).and_then(|name| {
             let policy = realtime::authorize(&config, &self.session.identity, &name)?;
             // Size and event checks apply whoever ends up publishing.
-            let prepared = realtime::prepare(
-                &config,
-                &Publish {
-                    channel: &name,
-                    event,
-                    data,
-                    exclude: None,
-                },
-            )?;
+            let prepared = realtime::prepare(&config, &Publish { channel: &name, event, data, exclude: None })?;
             Ok((name, policy.client_publish, prepared))
         });
         let (name, mode, (draft, retention)) = match checked {
@@ -184,14 +138,7 @@ impl Conn {
         };
         match mode {
             ClientPublish::Deny => {
-                self.refused(
-                    refuse(
-                        ErrorCode::Forbidden,
-                        format!("clients may not publish on {name}"),
-                    ),
-                    r,
-                )
-                .await
+                self.refused(refuse(ErrorCode::Forbidden, format!("clients may not publish on {name}")), r).await
             }
             ClientPublish::Broadcast => {
                 let frame = match realtime::publish(&self.ctx.state, draft, retention) {
@@ -218,10 +165,7 @@ impl Conn {
         r: Option<&RawValue>,
     ) -> Result<(), End> {
         let Ok(permit) = self.replies_tx.clone().try_reserve_owned() else {
-            let e = refuse(
-                ErrorCode::RateLimited,
-                "too many messages awaiting the backend",
-            );
+            let e = refuse(ErrorCode::RateLimited, "too many messages awaiting the backend");
             return self.refused(e, r).await;
         };
         let identity = &self.session.identity;
@@ -243,13 +187,7 @@ impl Conn {
         let reference = r.map(ToOwned::to_owned);
         self.ctx.state.shutdown.spawn(async move {
             let reply = webhook::post(&state, &body).await;
-            permit.send(webhook_outcome(
-                &state,
-                &config,
-                &channel,
-                reply,
-                reference.as_deref(),
-            ));
+            permit.send(webhook_outcome(&state, &config, &channel, reply, reference.as_deref()));
         });
         Ok(())
     }
@@ -279,25 +217,18 @@ fn webhook_outcome(
                 },
                 None => Vec::new(),
             };
-            let mut body =
-                json!({ "channel": channel.as_str(), "id": ids.into_iter().flatten().next() });
+            let mut body = json!({ "channel": channel.as_str(), "id": ids.into_iter().flatten().next() });
             if let Some(reply) = answer.get("reply") {
                 body["reply"] = reply.clone();
             }
             protocol::encode("published", body, r)
         }
-        Reply::Rejected(status) => protocol::error(
-            ErrorCode::Rejected,
-            &format!("the backend rejected the message ({status})"),
-            r,
-        ),
+        Reply::Rejected(status) => {
+            protocol::error(ErrorCode::Rejected, &format!("the backend rejected the message ({status})"), r)
+        }
         Reply::Failed(e) => {
             tracing::warn!(error = %e, "message webhook failed");
-            protocol::error(
-                ErrorCode::Unavailable,
-                "the backend is unavailable; retry later",
-                r,
-            )
+            protocol::error(ErrorCode::Unavailable, "the backend is unavailable; retry later", r)
         }
     }
 }

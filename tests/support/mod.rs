@@ -4,6 +4,9 @@
 pub mod sse;
 pub mod tls;
 
+pub mod raw;
+pub mod stream;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,30 +84,20 @@ impl FakeBackend {
                 });
             }
         });
-        Self {
-            addr,
-            requests,
-            task,
-        }
+        Self { addr, requests, task }
     }
 
     /// Answers every request with 200 and a JSON echo of method, path and headers.
     pub async fn echo() -> Self {
         Self::start(|req: Request<Incoming>| async move {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-                .collect();
+            let headers: serde_json::Map<String, serde_json::Value> =
+                req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
             let body = serde_json::json!({
                 "method": req.method().as_str(),
                 "uri": req.uri().to_string(),
                 "headers": headers,
             });
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(full(body.to_string()))
-                .unwrap()
+            Response::builder().header("content-type", "application/json").body(full(body.to_string())).unwrap()
         })
         .await
     }
@@ -134,8 +127,7 @@ pub struct TestServer {
 }
 
 pub fn config(yaml: &str) -> Config {
-    let mut config =
-        Config::from_yaml(yaml, &|_| None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let mut config = Config::from_yaml(yaml, &|_| None).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     config.listen = any;
     config.admin.listen = any;
@@ -156,13 +148,7 @@ impl TestServer {
         let addrs = app.local_addrs();
         let handle = app.handle();
         let task = tokio::spawn(app.run());
-        Self {
-            public: addrs.public,
-            tls: addrs.tls,
-            admin: addrs.admin,
-            handle,
-            task,
-        }
+        Self { public: addrs.public, tls: addrs.tls, admin: addrs.admin, handle, task }
     }
 
     pub fn url(&self, path: &str) -> String {

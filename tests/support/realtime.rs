@@ -49,10 +49,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(POLL_EVERY).await;
     }
 }
@@ -83,10 +80,7 @@ fn ws_url(server: &TestServer, path: &str) -> String {
 
 /// Opens a WebSocket on `path`, or reports the refusal.
 pub async fn ws_try(server: &TestServer, path: &str) -> Result<Ws, Refusal> {
-    let attempt = within(
-        "websocket handshake",
-        tokio_tungstenite::connect_async(ws_url(server, path)),
-    );
+    let attempt = within("websocket handshake", tokio_tungstenite::connect_async(ws_url(server, path)));
     match attempt.await {
         Ok((ws, _)) => Ok(ws),
         Err(WsError::Http(res)) => Err(Refusal::Status(res.status().as_u16())),
@@ -96,9 +90,7 @@ pub async fn ws_try(server: &TestServer, path: &str) -> Result<Ws, Refusal> {
 
 /// Opens a WebSocket on `/ws` and consumes its `welcome`.
 pub async fn ws(server: &TestServer) -> Ws {
-    let mut ws = ws_try(server, "/ws")
-        .await
-        .unwrap_or_else(|r| panic!("websocket refused: {r:?}"));
+    let mut ws = ws_try(server, "/ws").await.unwrap_or_else(|r| panic!("websocket refused: {r:?}"));
     expect_type(&mut ws, "welcome").await;
     ws
 }
@@ -111,12 +103,7 @@ pub async fn ws_raw(
     stalled: bool,
 ) -> Result<WebSocketStream<TcpStream>, Refusal> {
     let tcp = connect(server.public, local, stalled).await;
-    match within(
-        "websocket handshake",
-        tokio_tungstenite::client_async(ws_url(server, "/ws"), tcp),
-    )
-    .await
-    {
+    match within("websocket handshake", tokio_tungstenite::client_async(ws_url(server, "/ws"), tcp)).await {
         Ok((mut ws, _)) => {
             expect_type(&mut ws, "welcome").await;
             Ok(ws)
@@ -238,48 +225,32 @@ pub async fn sse_try(server: &TestServer, query: &str) -> Result<Sse, Refused> {
     sse_from(&super::http(), server, query).await
 }
 
-pub async fn sse_from(
-    client: &reqwest::Client,
-    server: &TestServer,
-    query: &str,
-) -> Result<Sse, Refused> {
-    let req = client
-        .get(server.url(&format!("/events?{query}")))
-        .header("accept", "text/event-stream");
+pub async fn sse_from(client: &reqwest::Client, server: &TestServer, query: &str) -> Result<Sse, Refused> {
+    let req = client.get(server.url(&format!("/events?{query}"))).header("accept", "text/event-stream");
     let res = within("SSE response headers", req.send()).await.unwrap();
     if res.status() != 200 {
         return Err(refused(res).await);
     }
-    let mut sse = Sse {
-        body: Box::pin(res.bytes_stream()),
-        buf: Vec::new(),
-    };
+    let mut sse = Sse { body: Box::pin(res.bytes_stream()), buf: Vec::new() };
     let head = sse.next().await.expect("SSE stream ended before its head");
     assert_eq!(head.retry, Some(2000), "SSE streams start with retry: 2000");
     Ok(sse)
 }
 
 pub async fn sse(server: &TestServer, query: &str) -> Sse {
-    sse_try(server, query)
-        .await
-        .unwrap_or_else(|r| panic!("SSE refused: {r:?}"))
+    sse_try(server, query).await.unwrap_or_else(|r| panic!("SSE refused: {r:?}"))
 }
 
 /// A reqwest client whose connections come from `ip`.
 pub fn http_from(ip: IpAddr) -> reqwest::Client {
     super::install_crypto();
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(ip)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().local_address(ip).build().unwrap()
 }
 
 async fn refused(res: reqwest::Response) -> Refused {
     let status = res.status().as_u16();
     let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text:?}"));
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text:?}"));
     Refused { status, body }
 }
 
@@ -326,10 +297,7 @@ impl Sse {
 fn parse_block(block: &str) -> Option<Event> {
     let mut ev = Event::default();
     let mut any = false;
-    for line in block
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with(':'))
-    {
+    for line in block.lines().filter(|l| !l.is_empty() && !l.starts_with(':')) {
         any = true;
         let (field, value) = line.split_once(": ").unwrap_or((line, ""));
         match field {
@@ -378,11 +346,7 @@ pub async fn read_stalled_sse(mut tcp: TcpStream) -> String {
 
 /// `GET /poll?{query}`.
 pub async fn poll(client: &reqwest::Client, server: &TestServer, query: &str) -> reqwest::Response {
-    client
-        .get(server.url(&format!("/poll?{query}")))
-        .send()
-        .await
-        .unwrap()
+    client.get(server.url(&format!("/poll?{query}"))).send().await.unwrap()
 }
 
 pub async fn poll_refused(client: &reqwest::Client, server: &TestServer, query: &str) -> Refused {
@@ -394,28 +358,13 @@ pub async fn poll_refused(client: &reqwest::Client, server: &TestServer, query: 
 // ---------------------------------------------------------------- admin
 
 /// `POST /publish` of one message; returns the response.
-pub async fn publish(
-    client: &reqwest::Client,
-    server: &TestServer,
-    channel: &str,
-    data: Value,
-) -> reqwest::Response {
+pub async fn publish(client: &reqwest::Client, server: &TestServer, channel: &str, data: Value) -> reqwest::Response {
     let body = json!({ "channel": channel, "data": data });
-    within(
-        "a publish response",
-        client.post(server.admin_url("/publish")).json(&body).send(),
-    )
-    .await
-    .unwrap()
+    within("a publish response", client.post(server.admin_url("/publish")).json(&body).send()).await.unwrap()
 }
 
 /// Publishes and asserts 200; returns the id.
-pub async fn publish_ok(
-    client: &reqwest::Client,
-    server: &TestServer,
-    channel: &str,
-    data: Value,
-) -> String {
+pub async fn publish_ok(client: &reqwest::Client, server: &TestServer, channel: &str, data: Value) -> String {
     let res = publish(client, server, channel, data).await;
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
@@ -424,20 +373,14 @@ pub async fn publish_ok(
 
 /// The Prometheus text of `/metrics`.
 pub async fn metrics(server: &TestServer) -> String {
-    let res = super::http()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let res = super::http().get(server.admin_url("/metrics")).send().await.unwrap();
     res.text().await.unwrap()
 }
 
 /// The value of one series (`name{labels}` exactly as exposed); 0 when absent, as
 /// Prometheus treats a counter or gauge that was never touched.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// Polls `/metrics` until `series` satisfies `ok`; returns its value.

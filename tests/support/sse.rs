@@ -63,17 +63,8 @@ impl SseReader {
     /// Wraps a response after checking it is a 200 event stream.
     pub fn new(res: reqwest::Response) -> Self {
         assert_eq!(res.status(), StatusCode::OK, "SSE response status");
-        assert_eq!(
-            res.headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap()),
-            Some("text/event-stream")
-        );
-        Self {
-            res,
-            buf: Vec::new(),
-            ended: false,
-        }
+        assert_eq!(res.headers().get("content-type").map(|v| v.to_str().unwrap()), Some("text/event-stream"));
+        Self { res, buf: Vec::new(), ended: false }
     }
 
     /// `GET url` with optional extra headers, as a stream.
@@ -97,11 +88,7 @@ impl SseReader {
                 return Some(String::from_utf8(block).expect("SSE is UTF-8"));
             }
             if self.ended {
-                assert!(
-                    self.buf.is_empty(),
-                    "stream ended inside a block: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+                assert!(self.buf.is_empty(), "stream ended inside a block: {:?}", String::from_utf8_lossy(&self.buf));
                 return None;
             }
             self.fill().await;
@@ -136,10 +123,7 @@ impl SseReader {
         let chunk = tokio::time::timeout(DEADLINE, self.res.chunk())
             .await
             .unwrap_or_else(|_| {
-                panic!(
-                    "no SSE bytes within {DEADLINE:?}; buffered: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                )
+                panic!("no SSE bytes within {DEADLINE:?}; buffered: {:?}", String::from_utf8_lossy(&self.buf))
             })
             .expect("SSE body error");
         match chunk {
@@ -152,11 +136,7 @@ impl SseReader {
 /// A client that speaks HTTP/2 without TLS (h2c prior knowledge).
 pub fn h2c() -> reqwest::Client {
     super::install_crypto();
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap()
 }
 
 /// The epoch part of an id or cursor (`<epoch>.<seq>…`).
@@ -175,8 +155,7 @@ pub async fn publish_raw(server: &TestServer, body: impl Into<String>) -> (Statu
         .expect("publish request");
     let status = res.status();
     let text = res.text().await.expect("publish body");
-    let json = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("publish answered non-JSON {text:?}: {e}"));
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("publish answered non-JSON {text:?}: {e}"));
     (status, json)
 }
 
@@ -189,11 +168,7 @@ pub async fn publish(server: &TestServer, body: Value) -> Vec<Value> {
 
 /// Publishes one message on `channel` and returns its id.
 pub async fn publish_one(server: &TestServer, channel: &str, data: Value) -> String {
-    let ids = publish(
-        server,
-        serde_json::json!({ "channel": channel, "data": data }),
-    )
-    .await;
+    let ids = publish(server, serde_json::json!({ "channel": channel, "data": data })).await;
     ids[0].as_str().expect("a string id").to_owned()
 }
 
@@ -223,33 +198,20 @@ pub async fn wait_subscribers(server: &TestServer, channel: &str, n: u64) {
         if subscribers(server, channel).await == n {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} never had exactly {n} subscribers"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{channel} never had exactly {n} subscribers");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// GETs `url` and returns the status and JSON body (for error answers).
-pub async fn get_json(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, Value) {
+pub async fn get_json(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
     let mut req = client.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = tokio::time::timeout(DEADLINE, req.send())
-        .await
-        .expect("answer within the deadline")
-        .expect("request");
+    let res = tokio::time::timeout(DEADLINE, req.send()).await.expect("answer within the deadline").expect("request");
     let status = res.status();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
     let text = res.text().await.expect("body");
     assert_eq!(ct.as_deref(), Some("application/json"), "body {text:?}");
     (status, serde_json::from_str(&text).expect("JSON body"))

@@ -28,15 +28,9 @@ impl Cert {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
+        Self { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
     }
 }
 
@@ -50,11 +44,7 @@ pub struct CertFiles {
 impl CertFiles {
     pub fn new(initial: &Cert) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let files = Self {
-            cert: dir.path().join("cert.pem"),
-            key: dir.path().join("key.pem"),
-            _dir: dir,
-        };
+        let files = Self { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem"), _dir: dir };
         files.write(&initial.cert_pem, &initial.key_pem);
         files
     }
@@ -117,29 +107,20 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Self {
-            config: Arc::new(config),
-        }
+        Self { config: Arc::new(config) }
     }
 
     /// Connects and completes the handshake for `localhost`.
-    pub async fn connect(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
+    pub async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").unwrap();
-        TlsConnector::from(Arc::clone(&self.config))
-            .connect(name, tcp)
-            .await
+        TlsConnector::from(Arc::clone(&self.config)).connect(name, tcp).await
     }
 }
 
 /// The leaf certificate the server presented.
 pub fn peer_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned()
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
 }
 
 pub fn alpn(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
@@ -155,21 +136,14 @@ pub fn protocol_version(stream: &TlsStream<TcpStream>) -> Option<ProtocolVersion
 pub async fn get(stream: TlsStream<TcpStream>, version: Version, path: &str) -> Response<Bytes> {
     let io = TokioIo::new(stream);
     let res = if version == Version::HTTP_2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get(format!("https://localhost{path}"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new()).unwrap();
         sender.send_request(req).await.unwrap()
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", "localhost")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let req = Request::get(path).header("host", "localhost").body(Empty::<Bytes>::new()).unwrap();
         sender.send_request(req).await.unwrap()
     };
     let (parts, body) = res.into_parts();

@@ -33,9 +33,8 @@ impl WsClient {
     /// Opens `path` on the public listener (no frame read yet).
     pub async fn connect(server: &TestServer, path: &str) -> Self {
         let url = format!("ws://{}{path}", server.public);
-        let (ws, res) = connect_async(url.as_str())
-            .await
-            .unwrap_or_else(|e| panic!("websocket handshake to {url} failed: {e}"));
+        let (ws, res) =
+            connect_async(url.as_str()).await.unwrap_or_else(|e| panic!("websocket handshake to {url} failed: {e}"));
         assert_eq!(res.status(), 101);
         Self { ws, probes: 0 }
     }
@@ -63,9 +62,8 @@ impl WsClient {
     /// pings itself while we read). `None` when the connection ended without a close frame.
     pub async fn next_frame(&mut self) -> Option<Message> {
         loop {
-            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
-                .await
-                .expect("no frame from sidewire in time");
+            let next =
+                tokio::time::timeout(RECV_TIMEOUT, self.ws.next()).await.expect("no frame from sidewire in time");
             match next {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(frame)) => return Some(frame),
@@ -98,10 +96,7 @@ impl WsClient {
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let frame = self.expect("error").await;
         assert_eq!(frame["code"], code, "unexpected error: {frame}");
-        assert!(
-            frame["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "an error explains itself: {frame}"
-        );
+        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()), "an error explains itself: {frame}");
         frame
     }
 
@@ -121,14 +116,9 @@ impl WsClient {
     pub async fn assert_quiet(&mut self) {
         self.probes += 1;
         let probe = format!("quiet-{}", self.probes);
-        self.send_json(json!({ "type": "ping", "ref": probe }))
-            .await;
+        self.send_json(json!({ "type": "ping", "ref": probe })).await;
         let frame = self.next_json().await;
-        assert_eq!(
-            frame,
-            json!({ "type": "pong", "ref": probe }),
-            "a frame arrived before the pong"
-        );
+        assert_eq!(frame, json!({ "type": "pong", "ref": probe }), "a frame arrived before the pong");
     }
 
     /// Reads until the server's close frame (skipping anything else); returns code and reason.
@@ -182,14 +172,8 @@ impl RawWs {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {SAMPLE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .expect("write handshake");
-        let mut raw = Self {
-            stream,
-            buf: Vec::new(),
-        };
+        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        let mut raw = Self { stream, buf: Vec::new() };
         let end = loop {
             if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
@@ -199,10 +183,7 @@ impl RawWs {
         let head = String::from_utf8_lossy(&raw.buf[..end]).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 101"), "not a 101:\n{head}");
         assert!(
-            head.contains(&format!(
-                "sec-websocket-accept: {}",
-                SAMPLE_ACCEPT.to_lowercase()
-            )),
+            head.contains(&format!("sec-websocket-accept: {}", SAMPLE_ACCEPT.to_lowercase())),
             "wrong accept key:\n{head}"
         );
         raw.buf.drain(..end);
@@ -268,13 +249,7 @@ impl RawWs {
 
 /// Encodes one frame. `mask: None` writes it unmasked (a protocol violation from a
 /// client); `rsv` are the three reserved bits (bit 2 = RSV1).
-pub fn encode_frame(
-    fin: bool,
-    rsv: u8,
-    opcode: u8,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) -> Vec<u8> {
+pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | ((rsv & 0b111) << 4) | (opcode & 0x0F)];
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
@@ -308,10 +283,7 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     let (b0, b1) = (*buf.first()?, *buf.get(1)?);
     assert_eq!(b1 & 0x80, 0, "server frames are never masked");
     let (len, mut at) = match b1 & 0x7F {
-        126 => (
-            usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
-            4,
-        ),
+        126 => (usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])), 4),
         127 => {
             let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
             (usize::try_from(u64::from_be_bytes(bytes)).ok()?, 10)
@@ -320,11 +292,7 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     };
     let payload = buf.get(at..at + len)?.to_vec();
     at += len;
-    let frame = RawFrame {
-        fin: b0 & 0x80 != 0,
-        opcode: b0 & 0x0F,
-        payload,
-    };
+    let frame = RawFrame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, payload };
     Some((frame, at))
 }
 
@@ -336,10 +304,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(server: &TestServer) -> Self {
-        Self {
-            client: http(),
-            url: server.admin_url("/publish"),
-        }
+        Self { client: http(), url: server.admin_url("/publish") }
     }
 
     /// POSTs `body` verbatim; asserts 200 and returns the `ids`.
@@ -363,10 +328,7 @@ impl Publisher {
         let event = event.map_or(String::new(), |e| format!(",\"event\":{}", json!(e)));
         let body = format!("{{\"channel\":{}{event},\"data\":{data}}}", json!(channel));
         let ids = self.publish_raw(body).await;
-        ids[0]
-            .as_str()
-            .expect("a stored message has an id")
-            .to_owned()
+        ids[0].as_str().expect("a stored message has an id").to_owned()
     }
 }
 
@@ -393,10 +355,7 @@ pub async fn wait_metric(server: &TestServer, series: &str, want: f64) {
         if got == want {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} stayed at {got}, expected {want}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{series} stayed at {got}, expected {want}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -404,9 +363,7 @@ pub async fn wait_metric(server: &TestServer, series: &str, want: f64) {
 /// The position of an id, for "strictly increasing" checks. SPEC §3 calls ids opaque;
 /// this reads sidewire's own `<epoch>.<seq>` form (`hub/cursor.rs`).
 pub fn seq(id: &Value) -> u64 {
-    let text = id
-        .as_str()
-        .unwrap_or_else(|| panic!("id is not a string: {id}"));
+    let text = id.as_str().unwrap_or_else(|| panic!("id is not a string: {id}"));
     let (_, seq) = text.rsplit_once('.').expect("id is <epoch>.<seq>");
     seq.parse().expect("seq is a number")
 }
