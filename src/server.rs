@@ -127,9 +127,12 @@ impl Connection {
         let limit = state.config.load().limits.header_read_timeout;
         let first_request = CancellationToken::new();
         let seen = first_request.clone();
+        let abort = CancellationToken::new();
+        let abort_handle = Abort(abort.clone());
         let svc_state = Arc::clone(&state);
-        let service = service_fn(move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             seen.cancel();
+            req.extensions_mut().insert(abort_handle.clone());
             let state = Arc::clone(&svc_state);
             async move { Ok::<_, Infallible>(dispatch(state, kind, peer, req).await) }
         });
@@ -150,6 +153,12 @@ impl Connection {
                 Box::pin(self.watcher.watch(conn.into_owned()))
             }
         };
+        let served: Served = Box::pin(async move {
+            tokio::select! {
+                out = served => out,
+                () = abort.cancelled() => Err("connection aborted by sidewire".into()),
+            }
+        });
         match first_request_within(served, &first_request, limit).await {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
@@ -157,6 +166,13 @@ impl Connection {
         }
     }
 }
+
+/// Lets a request handler drop its whole connection: an SSE stream evicted as a slow
+/// consumer sits behind a full socket that hyper no longer polls it through, so the
+/// eviction must close the socket itself to free the slot at once (HTTP/1 only: on
+/// HTTP/2 the other streams of the connection are innocent).
+#[derive(Clone)]
+pub struct Abort(pub CancellationToken);
 
 /// Drives `conn`, but drops it (closing the socket) if no request has started within
 /// `limit`. hyper's own `header_read_timeout` only starts once the auto builder has read

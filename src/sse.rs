@@ -78,7 +78,11 @@ pub async fn open(
         .map(str::to_owned)
         .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
     let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
-    let (stream, opened) = Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue);
+    // On HTTP/1 an eviction closes the connection itself (see `server::Abort`).
+    let abort = (req.version() == http::Version::HTTP_11)
+        .then(|| req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()))
+        .flatten();
+    let (stream, opened) = Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort);
     let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
     let body = EventStream::new(state, config, stream, opened, recheck);
     let mut res = Response::new(body.boxed_unsync());

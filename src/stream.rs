@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::hub::cursor::{Cursor, Epoch};
-use crate::hub::{Inbox, Message, Retention, Since, outbox};
+use crate::hub::{Inbox, Message, Retention, Since, outbox_with};
 use crate::names::ChannelName;
 use crate::realtime::Session;
 
@@ -34,9 +34,11 @@ impl Stream {
         channels: Vec<(ChannelName, Retention)>,
         cursor: Option<&str>,
         queue: usize,
+        evicted: Option<tokio_util::sync::CancellationToken>,
     ) -> (Self, Opened) {
         let hub = session.hub.clone();
-        let (outbox, inbox) = outbox(session.conn, session.member.clone(), queue);
+        let evicted = evicted.unwrap_or_default();
+        let (outbox, inbox) = outbox_with(session.conn, session.member.clone(), queue, evicted);
         // `Some(None)`: the client gave a cursor we cannot use (garbage, or one for another
         // channel list, which cannot be mapped position by position). That is a failed
         // resume the client must hear about, not a fresh start.

@@ -307,16 +307,13 @@ async fn stalled_sse_reader_stream_ends() {
     }
     wait_metric(&server, "sidewire_evictions_total{kind=\"slow_consumer\"}", |v| v >= 1.0).await;
 
+    // The eviction closes the stalled connection at once (server::Abort), before the
+    // client reads anything: its slot is free while its socket is still full.
+    wait_metric(&server, &conns("sse"), |v| v == 0.0).await;
     let text = read_stalled_sse(stalled).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
-    assert!(
-        text.ends_with("\r\n0\r\n\r\n"),
-        "the stream must end cleanly (last chunk), got …{:?}",
-        &text[text.len().saturating_sub(200)..]
-    );
     let delivered = text.matches("\"n\":").count();
     assert!(delivered < FLOOD, "the stalled reader was never dropped");
-    wait_metric(&server, &conns("sse"), |v| v == 0.0).await;
     server.stop().await;
 }
 

@@ -34,7 +34,7 @@ pub use channel::Retention;
 use channel::{Channel, Fanout};
 use cursor::{Epoch, MessageId};
 pub use message::{ConnId, Message};
-pub use outbox::{Inbox, Outbox, outbox};
+pub use outbox::{Inbox, Outbox, outbox, outbox_with};
 pub use presence::Member;
 
 use crate::names::ChannelName;

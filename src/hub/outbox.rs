@@ -45,8 +45,18 @@ pub enum Offer {
 
 /// A queue of `capacity` messages for connection `conn` of `member`.
 pub fn outbox(conn: ConnId, member: Option<Arc<Member>>, capacity: usize) -> (Outbox, Inbox) {
+    outbox_with(conn, member, capacity, CancellationToken::new())
+}
+
+/// Like [`outbox`], with the token eviction cancels chosen by the caller (SSE passes its
+/// connection's abort token, so an eviction closes the socket).
+pub fn outbox_with(
+    conn: ConnId,
+    member: Option<Arc<Member>>,
+    capacity: usize,
+    evicted: CancellationToken,
+) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let evicted = CancellationToken::new();
     (Outbox { conn, member, tx, evicted: evicted.clone() }, Inbox { conn, rx, evicted })
 }
 
