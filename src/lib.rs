@@ -90,6 +90,8 @@ pub enum BindError {
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -121,6 +123,11 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Bin
 impl App {
     /// Binds every listener and loads the TLS certificate. Nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, BindError> {
+        if matches!(config.broker, config::BrokerConfig::Redis { .. }) {
+            return Err(BindError::Unsupported(
+                "broker.kind: redis is not available in this build; use broker.kind: memory (one instance)",
+            ));
+        }
         let public = listen("listen", config.listen).await?;
         let admin = listen("admin.listen", config.admin.listen).await?;
         let (tls_listener, tls) = match &config.tls {
