@@ -128,10 +128,17 @@ impl Proxy {
     /// Sends a request to the backend and waits for its response headers until the
     /// backend has been idle for `backend.timeout`. Used by pass-through, auth and webhooks.
     pub async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Incoming>, ProxyError> {
+        use http_body::Body as _;
         let started = Instant::now();
-        let (req, progress) = watch_progress(req);
         let timeout = self.backend.timeout;
-        let result = match until_idle(self.client.request(req), progress, timeout).await {
+        // Most requests have no body: a plain timeout then, without the progress watch.
+        let answer = if req.body().is_end_stream() {
+            tokio::time::timeout(timeout, self.client.request(req)).await.ok()
+        } else {
+            let (req, progress) = watch_progress(req);
+            until_idle(self.client.request(req), progress, timeout).await
+        };
+        let result = match answer {
             None => Err(ProxyError::BackendTimeout(timeout)),
             Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
             Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
