@@ -8,6 +8,7 @@
 //! - [`router`]: request → [`router::Route`], pure.
 //! - [`proxy`]: pass-through to the backend (hop-by-hop hygiene, X-Forwarded-*, streamed
 //!   bodies, upgrade tunnels, 502/504) and the backend connection pool.
+//! - [`asset`]: `{prefix}/client.js`, the embedded browser client.
 //! - [`admin`]: health, readiness, metrics. [`metrics`]: the Prometheus registry.
 //! - [`shutdown`]: cancellation, task tracking and signals. [`respond`]: body type, errors.
 //! - [`names`], [`template`]: channel names, patterns, route and channel templates.
@@ -24,6 +25,7 @@
 //! tests the ports) → [`App::run`] until [`Handle::shutdown`], then drain.
 
 pub mod admin;
+pub mod asset;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -237,7 +239,7 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
             let proxy = state.proxy.load_full();
             proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
         }
-        Route::Reserved(_) => Err(Rejection::not_found()),
+        Route::Reserved(rest) => asset::serve(rest, &req),
         Route::Realtime(route, params) => match route.transport {
             config::Transport::WebSocket => ws::upgrade(&state, &config, route, params, peer, req),
             config::Transport::Sse => sse::open(&state, &config, route, params, peer, req).await,

@@ -1,0 +1,295 @@
+//! A real browser for the client.js tests: headless Debian `chromium` opening a test page
+//! that a [`FakeBackend`] serves through sidewire's pass-through (so the page, client.js
+//! and the realtime routes share one origin). The page reports every client event with
+//! `POST /report`, which reaches the backend and lands in [`Page::until`]; a [`Relay`]
+//! between the browser and sidewire lets a test cut connections as a network would
+//! (the reports then go to sidewire directly, so the cut does not lose them).
+//!
+//! Nothing here sleeps until something is probably ready: every wait is for a report or
+//! a socket, bounded by [`DEADLINE`]. Chromium is killed (its whole process group) on drop,
+//! so a failing test leaves no browser behind.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::support::{FakeBackend, full};
+
+/// Longest a single wait may take: a cold Chromium start on two busy cores included.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One browser test at a time: several Chromiums on two cores starve each other.
+pub static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The test page: loads client.js from sidewire, subscribes to `?channels=a,b` and
+/// reports, in order (one fetch at a time), everything the client tells it, to
+/// `/report` or, with `?report=<origin>`, to that origin (a fire-and-forget `no-cors`
+/// POST: the body arrives, the answer is opaque).
+const PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>sidewire client.js test</title>
+<script src="/_sidewire/client.js"></script>
+<script>
+  "use strict";
+  const params = new URLSearchParams(location.search);
+  const to = (params.get("report") || "") + "/report";
+  let chain = Promise.resolve();
+  function report(kind, body) {
+    const text = JSON.stringify(Object.assign({ kind }, body));
+    chain = chain.then(() => fetch(to, { method: "POST", body: text, mode: "no-cors" })).catch(() => {});
+  }
+  addEventListener("error", (e) => report("page_error", { message: String(e.message) }));
+  addEventListener("unhandledrejection", (e) => report("page_error", { message: String(e.reason) }));
+  const client = new Sidewire.Client({ url: "/ws", sse: "/events", poll: "/poll" });
+  client.on("state", (s) => report("state", s));
+  client.on("subscribed", (s) => report("subscribed", s));
+  client.on("reset", (r) => report("reset", r));
+  client.on("error", (e) => report("error", e));
+  for (const channel of params.get("channels").split(",")) {
+    client.subscribe(channel, (m) => report("message", m));
+  }
+  if (params.has("publish")) {
+    client.on("subscribed", () => {
+      client.publish("news", { from: "page" }, "chat").then(
+        (r) => report("published", r),
+        (e) => report("page_error", { message: "publish: " + e.message }),
+      );
+    });
+  }
+</script>
+"#;
+
+/// The fake application: serves [`PAGE`] at `/` and forwards `POST /report` bodies to
+/// the test; everything else (including `/ws` when sidewire has no such route) is 404.
+pub async fn app() -> (FakeBackend, mpsc::Receiver<Value>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let backend = FakeBackend::start(move |req: Request<Incoming>| {
+        let tx = tx.clone();
+        async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/") => {
+                    Response::builder().header("content-type", "text/html; charset=utf-8").body(full(PAGE)).unwrap()
+                }
+                (&Method::POST, "/report") => {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let _ = tx.send(serde_json::from_slice(&body).unwrap()).await;
+                    Response::builder().status(204).body(full("")).unwrap()
+                }
+                _ => Response::builder().status(404).body(full("not here")).unwrap(),
+            }
+        }
+    })
+    .await;
+    (backend, rx)
+}
+
+/// Headless Chromium showing one page.
+pub struct Chromium {
+    child: std::process::Child,
+    profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    /// Opens `url`. Fails the test, naming the install command, when Chromium is missing.
+    pub fn open(url: &str) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
+        let spawned = std::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox", // tests run as root, where the sandbox refuses to start
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-proxy-server",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => Self { child, profile },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("the browser tests need Debian's chromium on PATH: apt-get install -y chromium")
+            }
+            Err(e) => panic!("cannot start chromium: {e}"),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.profile.path().join("chromium.log")
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // Renderer and zygote processes share the browser's process group: end them all,
+        // then reap the browser (instant after SIGKILL).
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A page under test: the browser and the stream of its reports.
+pub struct Page {
+    pub browser: Chromium,
+    reports: mpsc::Receiver<Value>,
+    /// Every report so far, for assertions and failure messages.
+    pub seen: Vec<Value>,
+    /// How many `message` reports [`Page::messages`] has handed out.
+    taken: usize,
+}
+
+impl Page {
+    /// Opens `http://{origin}/?channels={channels}{extra}`.
+    pub fn open(origin: SocketAddr, reports: mpsc::Receiver<Value>, channels: &str, extra: &str) -> Self {
+        let browser = Chromium::open(&format!("http://{origin}/?channels={channels}{extra}"));
+        Self { browser, reports, seen: Vec::new(), taken: 0 }
+    }
+
+    /// Reads the next report into `seen`; a page error, or no report within
+    /// [`DEADLINE`], fails the test.
+    async fn read(&mut self, waiting_for: &str) -> Value {
+        let report = match tokio::time::timeout(DEADLINE, self.reports.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => panic!("report channel closed while waiting for {waiting_for}"),
+            Err(_) => panic!("{}", self.failure(&format!("timed out waiting for {waiting_for}"))),
+        };
+        assert_ne!(report["kind"], "page_error", "{}", self.failure(&format!("page error {report}")));
+        self.seen.push(report.clone());
+        report
+    }
+
+    /// Reads reports until one satisfies `want`; returns it. Messages read on the way
+    /// stay available to [`Page::messages`].
+    pub async fn until(&mut self, waiting_for: &str, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let r = self.read(waiting_for).await;
+            if want(&r) {
+                return r;
+            }
+        }
+    }
+
+    /// Waits for `state: open` on `transport`, then for `subscribed` on every channel.
+    pub async fn until_subscribed(&mut self, transport: &str, channels: &[&str]) {
+        self.until(&format!("state open over {transport}"), |r| {
+            r["kind"] == "state" && r["state"] == "open" && r["transport"] == transport
+        })
+        .await;
+        for c in channels {
+            self.until(&format!("subscribed to {c}"), |r| r["kind"] == "subscribed" && r["channel"] == *c).await;
+        }
+    }
+
+    /// The next `n` messages the page received, in the order it received them.
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        while self.received().len() < self.taken + n {
+            let what = format!("message {} of {n}", self.received().len() - self.taken + 1);
+            self.read(&what).await;
+        }
+        let out = self.received()[self.taken..self.taken + n].to_vec();
+        self.taken += n;
+        out
+    }
+
+    /// Every `message` report so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.seen.iter().filter(|r| r["kind"] == "message").cloned().collect()
+    }
+
+    /// Every report of `kind` so far.
+    pub fn reports(&self, kind: &str) -> Vec<Value> {
+        self.seen.iter().filter(|r| r["kind"] == kind).cloned().collect()
+    }
+
+    pub fn failure(&self, what: &str) -> String {
+        let log = std::fs::read_to_string(self.browser.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{what}\nreports so far: {:#?}\nchromium log tail:\n{}", self.seen, tail.join("\n"))
+    }
+}
+
+/// A TCP relay in front of sidewire that can drop every connection through it and
+/// refuse new ones for a while, as a flaky network would.
+pub struct Relay {
+    pub addr: SocketAddr,
+    open: Arc<Mutex<Vec<AbortHandle>>>,
+    refusing: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (list, refuse) = (Arc::clone(&open), Arc::clone(&refusing));
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    continue; // dropped at once: the browser sees the connection fail
+                }
+                let pipe = tokio::spawn(pipe(inbound, upstream));
+                let mut list = list.lock().unwrap();
+                list.retain(|h| !h.is_finished());
+                list.push(pipe.abort_handle());
+            }
+        });
+        Self { addr, open, refusing, task }
+    }
+
+    /// Drops every open connection and refuses new ones until [`Relay::heal`]; returns
+    /// how many were open.
+    pub fn cut(&self) -> usize {
+        self.refusing.store(true, Ordering::SeqCst);
+        let open: Vec<AbortHandle> = std::mem::take(&mut *self.open.lock().unwrap());
+        let n = open.iter().filter(|h| !h.is_finished()).count();
+        for h in open {
+            h.abort();
+        }
+        n
+    }
+
+    pub fn heal(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+/// Relays one connection until either side closes; aborting the task closes both
+/// sockets, which the browser sees as the connection dying.
+async fn pipe(mut inbound: TcpStream, upstream: SocketAddr) {
+    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
+}
