@@ -378,6 +378,12 @@
           for (const p of this._pending.values()) if (!p.sent) p.sent = this._send(p.frame);
           break;
         case "subscribed":
+          if (frame.recovered !== false && typeof frame.cursor === "string") {
+            // A channel that has seen no message yet resumes from where it was joined.
+            const sub = this._subs.get(frame.channel);
+            const { epoch, seqs } = parseCursor(frame.cursor);
+            if (sub && !sub.pos && seqs.length === 1) sub.pos = { epoch, seq: seqs[0] };
+          }
           if (frame.recovered === false) {
             const sub = this._subs.get(frame.channel);
             if (sub) sub.pos = null; // that position is gone; count from what arrives next

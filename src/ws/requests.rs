@@ -81,8 +81,16 @@ impl Conn {
                 .refused(refuse(ErrorCode::Forbidden, format!("at most {max} channels per connection")), r)
                 .await;
         }
-        let sub = self.session.subscribe(&name, &self.outbox, since(since_text), retention);
-        let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered });
+        let from = since(since_text);
+        let sub = self.session.subscribe(&name, &self.outbox, from, retention);
+        // Where this subscription stands before the replay: a client that sees no message
+        // before its next reconnect resumes from here without a gap (extension to §4).
+        let position = match from {
+            Since::After { seq, .. } if sub.recovered => seq,
+            _ => sub.position,
+        };
+        let cursor = MessageId { epoch: self.ctx.state.hub.epoch().0, seq: position };
+        let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered, "cursor": cursor.to_string() });
         if retention.presence {
             body["presence"] = users(&self.ctx.state, &name).into();
         }
