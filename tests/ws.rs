@@ -123,7 +123,10 @@ async fn live_messages_arrive_in_publish_order() {
     let server = start().await;
     let publisher = Publisher::new(&server);
     let (mut client, _) = WsClient::open(&server, "/ws").await;
-    let first = client.subscribe("room:a", None).await;
+    let mut first = client.subscribe("room:a", None).await;
+    // `cursor`: the channel position at subscribe time, `<epoch>.<seq>` (nothing published yet).
+    let cursor = first.as_object_mut().unwrap().remove("cursor").unwrap();
+    assert!(cursor.as_str().unwrap().ends_with(".0"), "{cursor}");
     assert_eq!(first, json!({ "type": "subscribed", "channel": "room:a", "recovered": true }));
     client.subscribe("room:b", None).await;
 
@@ -618,7 +621,9 @@ async fn unsupported_version_is_426() {
 async fn route_channels_are_subscribed_after_welcome() {
     let server = start().await;
     let (mut client, _) = WsClient::open(&server, "/ws/rooms/42").await;
-    assert_eq!(client.next_json().await, json!({ "type": "subscribed", "channel": "room:42", "recovered": true }));
+    let mut subscribed = client.next_json().await;
+    assert!(subscribed.as_object_mut().unwrap().remove("cursor").is_some());
+    assert_eq!(subscribed, json!({ "type": "subscribed", "channel": "room:42", "recovered": true }));
     let id = Publisher::new(&server).publish("room:42", None, "1").await;
     assert_eq!(client.expect("message").await["id"], id.as_str());
 }
