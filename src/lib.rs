@@ -15,6 +15,7 @@
 //! - [`hub`]: channels, subscribers, history, ids and cursors; [`broker`]: the publish path.
 //! - [`ws`], [`sse`], [`longpoll`]: one transport each; [`stream`]: the multi-channel
 //!   cursor SSE and long-poll share; [`realtime`]: identity, channel policy, publishing.
+//!   [`ws::frames`]: RFC 6455 plumbing, shared with the Autobahn echo example.
 //! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: the publish API.
 //! - [`limits`]: connection admission and client message rate.
 //! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed

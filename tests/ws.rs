@@ -448,6 +448,18 @@ async fn oversized_fragmented_message_closes_1009() {
 }
 
 #[tokio::test]
+async fn oversized_frame_close_ends_in_a_fin_not_a_reset() {
+    let server = start().await;
+    let mut raw = RawWs::connect(server.public, "/ws").await;
+    // Refused on its header while the rest is still arriving: closing the socket with
+    // those bytes unread would make the kernel answer with a reset.
+    raw.write(&encode_frame(true, 0, opcode::BINARY, &vec![b'x'; 256 * 1024], Some([1, 2, 3, 4]))).await;
+    assert_eq!(raw.expect_close().await, 1009);
+    raw.write(&client_frame(opcode::CLOSE, &1009u16.to_be_bytes())).await;
+    raw.expect_fin().await;
+}
+
+#[tokio::test]
 async fn invalid_utf8_closes_1007() {
     let server = start().await;
     let (mut client, _) = WsClient::open(&server, "/ws").await;

@@ -5,10 +5,11 @@
 //! forgets upgraded connections). Limits and the origin are checked before the upgrade
 //! (HTTP 429/403); identity is settled inside the session so failures become close codes
 //! 4001–4003 (1011 when the backend cannot answer). The loop only selects; each arm calls
-//! a named function. tungstenite sends no close frame on errors, so protocol errors
-//! (1002), invalid UTF-8 (1007) and oversized messages (1009) are mapped and sent here.
-//! Client requests are handled in `requests.rs`.
+//! a named function. Frame-level plumbing (handshake, stream config, read errors to
+//! 1002/1007/1009, the closing handshake) is in `frames.rs`, shared with the Autobahn
+//! conformance example; client requests are handled in `requests.rs`.
 
+pub mod frames;
 mod requests;
 
 use std::future::Future;
@@ -17,14 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
@@ -34,21 +34,13 @@ use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::{Inbox, Message, Outbox, outbox};
 use crate::limits::Admission;
 use crate::protocol::{self, ErrorCode, close_code};
-use crate::proxy::{Peer, connection_has};
+use crate::proxy::Peer;
 use crate::realtime::{self, Session};
 use crate::respond::{Body, Rejection, empty};
 use crate::template::{FillError, Params};
 
-/// Read buffer per connection: small, because idle connections dominate memory.
-const READ_BUFFER: usize = 4 * 1024;
-/// Writes are batched up to this before they reach the socket.
-const WRITE_BUFFER: usize = 8 * 1024;
-/// Queued-but-unsent bytes allowed before a write fails (backpressure bound).
-const MAX_WRITE_BUFFER: usize = 1 << 20;
 /// Messages written per flush when several are queued.
 const BATCH: usize = 64;
-/// How long the closing handshake may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rate-limit violations, net of messages within the rate, before the connection is
 /// closed with 1008.
 const MAX_STRIKES: u32 = 10;
@@ -67,7 +59,7 @@ pub fn upgrade(
     peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
-    let key = handshake_key(&req)?;
+    let key = frames::handshake_key(&req)?;
     realtime::check_origin(config, req.headers())?;
     let query = realtime::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
@@ -87,43 +79,7 @@ pub fn upgrade(
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut res = Response::new(empty());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(res)
-}
-
-fn bad(message: &str) -> Rejection {
-    Rejection::json(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
-/// Checks RFC 6455 §4.2.1 and returns the client's key.
-fn handshake_key(req: &Request<Incoming>) -> Result<String, Rejection> {
-    let h = req.headers();
-    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
-        return Err(bad("a WebSocket handshake is an HTTP/1.1 GET"));
-    }
-    let is_ws =
-        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_ws || !connection_has(h, "upgrade") {
-        return Err(bad("this endpoint needs a WebSocket upgrade"));
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = Rejection::json(StatusCode::UPGRADE_REQUIRED, "bad_request", "Sec-WebSocket-Version must be 13");
-        r.headers.push((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
-        return Err(r);
-    }
-    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
-    if key.len() != 24 || !key.ends_with("==") {
-        return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
-    }
-    Ok(key.to_owned())
+    Ok(frames::accept(&key).map(|()| empty()))
 }
 
 /// What the session task takes from the handshake.
@@ -196,25 +152,17 @@ enum End {
     /// The client left or the socket failed: nothing more to send.
     Gone,
     Close(u16, &'static str),
-}
-
-fn ws_config(config: &Config) -> WebSocketConfig {
-    let max = config.limits.max_message_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER.max(max * 2))
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+    /// The client broke the protocol; its remaining input is unreadable.
+    Fail(frames::ErrorClose),
 }
 
 async fn run(ctx: Context, admission: Admission, io: Upgraded) {
-    let config = Some(ws_config(&ctx.config));
+    let config = Some(frames::config(ctx.config.limits.max_message_bytes));
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels: Vec::new() };
     let identity = match ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask).await {
         Ok(id) => id,
-        Err(e) => return close(&mut ws, e.close_code(), e.reason()).await,
+        Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
     let (outbox, inbox) = outbox(session.conn, session.member.clone(), ctx.config.limits.subscriber_queue);
@@ -240,26 +188,16 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         Ok(()) => conn.serve().await,
         Err(end) => end,
     };
-    if let End::Close(code, reason) = end {
-        close(&mut conn.ws, code, reason).await;
+    match end {
+        End::Close(code, reason) => frames::close(&mut conn.ws, code, reason).await,
+        End::Fail(e) => frames::fail(&mut conn.ws, e).await,
+        End::Gone => {}
     }
 }
 
 fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Expiry {
     let state = Arc::clone(&ctx.state);
     Box::pin(auth::recheck(state, ctx.cred.clone(), identity, "websocket", ctx.path.clone()))
-}
-
-/// Sends a close frame and waits (bounded) for the client's reply so the closing
-/// handshake completes cleanly.
-async fn close(ws: &mut Ws, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
 }
 
 impl Conn {
@@ -384,24 +322,20 @@ impl Conn {
                 bounded(&self.interrupt, timeout, self.ws.flush()).await
             }
             Frame::Close(_) => {
-                while let Ok(Some(Ok(_))) = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await {}
+                frames::finish_close(&mut self.ws).await;
                 Err(End::Gone)
             }
         }
     }
 
     fn on_error(&self, e: WsError) -> End {
-        let (code, reason, why) = match e {
-            WsError::Capacity(_) => (close_code::TOO_LARGE, "message too large", "too_large"),
-            WsError::Utf8(_) => (close_code::INVALID_DATA, "invalid UTF-8", "invalid_utf8"),
-            // The peer dropped the TCP connection (tab closed, network lost): nobody is
-            // left to read a close frame, and it is no protocol violation to count.
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return End::Gone,
-            WsError::Protocol(_) => (close_code::PROTOCOL, "protocol error", "protocol_error"),
-            _ => return End::Gone,
-        };
-        self.ctx.state.metrics.eviction(why);
-        End::Close(code, reason)
+        match frames::close_for(&e) {
+            Some(c) => {
+                self.ctx.state.metrics.eviction(c.why);
+                End::Fail(c)
+            }
+            None => End::Gone,
+        }
     }
 
     /// Applies `client_rate`; `Ok(true)` means the frame was refused with `rate_limited`.

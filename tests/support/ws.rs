@@ -236,6 +236,22 @@ impl RawWs {
         }
     }
 
+    /// Asserts the server ends the TCP connection with a FIN, not a reset: a reset can
+    /// destroy a close frame the client has not read yet.
+    pub async fn expect_fin(&mut self) {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let read = tokio::time::timeout(RECV_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .expect("sidewire kept the connection open");
+            match read {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("connection reset instead of closed: {e}"),
+            }
+        }
+    }
+
     /// Reads (and ignores) frames until the server closes the TCP connection; returns
     /// every frame seen.
     pub async fn until_closed(&mut self) -> Vec<RawFrame> {
