@@ -68,7 +68,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = handshake_key(&req)?;
-    realtime::check_origin(config, req.headers())?;
+    realtime::check_origin(config, &req)?;
     let query = realtime::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
     let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
@@ -211,7 +211,9 @@ fn ws_config(config: &Config) -> WebSocketConfig {
 async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let config = Some(ws_config(&ctx.config));
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
-    let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels: Vec::new() };
+    // WebSocket channels come from the route or later `subscribe` requests, not the query.
+    let channels = realtime::requested_channels(&ctx.route, &ctx.params, &[]);
+    let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
     let identity = match ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask).await {
         Ok(id) => id,
         Err(e) => return close(&mut ws, e.close_code(), e.reason()).await,
