@@ -31,6 +31,8 @@ use crate::respond::{Rejection, full};
 const MAX_ENTRIES: usize = 100_000;
 /// Largest auth answer read from the backend.
 const MAX_ANSWER: usize = 64 * 1024;
+/// Longest lifetime of an answer, whatever `ttl` the backend gives.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Who a realtime client is.
 #[derive(Debug, Clone)]
@@ -126,14 +128,35 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The token of an authorization value: `Bearer <t>` (the scheme is case-insensitive,
+/// RFC 9110 §11.1) or a bare token. A lone `Bearer` is no token at all.
+fn without_bearer(value: &str) -> &str {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        None if value.eq_ignore_ascii_case("bearer") => "",
+        _ => value,
+    }
+}
+
+/// Every `Cookie` field of the request as one value. HTTP/2 clients send one field per
+/// crumb (RFC 9113 §8.2.3); forwarding only the first would hide the session cookie
+/// from the backend whenever it is not the first crumb.
+fn joined_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let crumbs: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    match crumbs.as_slice() {
+        [] => None,
+        [one] => HeaderValue::from_bytes(one).ok(),
+        many => HeaderValue::from_bytes(&many.join(&b"; "[..])).ok(),
+    }
+}
+
 /// Finds the client's credential: `auth.token_query`, then `auth.token_header`
 /// (`Bearer <t>` or bare), then `auth.token_cookie`. `None` when there is none.
 pub fn credential(cfg: &AuthConfig, headers: &HeaderMap, query: &[(String, String)], peer: Peer) -> Option<Credential> {
     let from_query = cfg.token_query.as_ref().and_then(|q| query.iter().find(|(k, _)| k == q)).map(|(_, v)| v.as_str());
-    let from_header = cfg.token_header.as_ref().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok()).map(|v| {
-        let v = v.trim();
-        v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim()
-    });
+    let from_header =
+        cfg.token_header.as_ref().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok()).map(without_bearer);
     let from_cookie = cfg.token_cookie.as_ref().and_then(|c| cookie_value(headers, c));
     let (source, token) = [("q", from_query), ("h", from_header), ("c", from_cookie)]
         .into_iter()
@@ -148,7 +171,7 @@ pub fn credential(cfg: &AuthConfig, headers: &HeaderMap, query: &[(String, Strin
     let chain = if prior.is_empty() { own.to_owned() } else { format!("{}, {own}", prior.join(", ")) };
     Some(Credential {
         token: token.to_owned(),
-        cookie: headers.get(header::COOKIE).cloned(),
+        cookie: joined_cookies(headers),
         authorization: headers.get(header::AUTHORIZATION).cloned(),
         forwarded_for: HeaderValue::from_str(&chain).ok(),
         key,
@@ -316,7 +339,8 @@ async fn parse_answer(res: http::Response<hyper::body::Incoming>, cfg: &AuthConf
             }
         })
         .collect();
-    let ttl = answer.ttl.map_or(cfg.cache_ttl, Duration::from_secs);
+    // Capped: `now + ttl` panics on overflow, and the ttl is the backend's input.
+    let ttl = answer.ttl.map_or(cfg.cache_ttl, Duration::from_secs).min(MAX_TTL);
     Outcome::Allowed(Arc::new(Identity {
         user: Some(answer.user),
         patterns,
@@ -328,6 +352,10 @@ async fn parse_answer(res: http::Response<hyper::body::Incoming>, cfg: &AuthConf
 /// How long an open connection keeps its identity when a re-check cannot reach the
 /// backend (open connections keep working while the backend is down, SPEC §9).
 const RECHECK_RETRY: Duration = Duration::from_secs(5);
+/// Shortest time between two re-checks of one connection. `ttl` is in whole seconds;
+/// `ttl: 0` ("do not cache") must not make every open connection re-ask the backend in
+/// a busy loop.
+const MIN_RECHECK: Duration = Duration::from_secs(1);
 
 /// Resolves when `current` has expired and been checked again: `Ok` with the fresh
 /// identity, or `Err` when the backend now refuses the credential. Anonymous identities
@@ -339,7 +367,7 @@ pub async fn recheck(
     transport: &'static str,
     path: String,
 ) -> Result<Arc<Identity>, AuthError> {
-    let mut at = current.expires;
+    let mut at = current.expires.map(|e| e.max(Instant::now() + MIN_RECHECK));
     loop {
         let Some(deadline) = at else {
             return std::future::pending().await;
@@ -384,6 +412,22 @@ mod tests {
         assert_eq!(format!("{cred:?}"), "Credential(***)");
         assert_eq!(cred.forwarded_for.unwrap(), "10.1.2.3");
         assert!(credential(&c, &HeaderMap::new(), &[], peer()).is_none());
+    }
+
+    #[test]
+    fn header_tokens_and_cookie_crumbs() {
+        assert_eq!(without_bearer("Bearer abc"), "abc");
+        assert_eq!(without_bearer("BEARER  abc "), "abc");
+        assert_eq!(without_bearer("abc"), "abc");
+        assert_eq!(without_bearer("Bearer"), "");
+        let c = cfg("auth: { token_cookie: session }\n");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
+        h.append(header::COOKIE, HeaderValue::from_static("theme=dark"));
+        h.append(header::COOKIE, HeaderValue::from_static("session=ck"));
+        let cred = credential(&c, &h, &[], peer()).unwrap();
+        assert_eq!(cred.token, "ck", "an empty Bearer is no credential; the cookie is");
+        assert_eq!(cred.cookie.unwrap(), "theme=dark; session=ck");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::State;
+use crate::auth::AuthRequest;
 use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::Message;
 use crate::proxy::Peer;
@@ -55,7 +56,12 @@ pub async fn wait(
     }
     let query = realtime::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
-    let (_, identity) = realtime::identify(state, config, &req, &query, peer, "longpoll").await?;
+    let ask = AuthRequest {
+        transport: "longpoll",
+        path: req.uri().path(),
+        channels: realtime::requested_channels(route, &params, &query),
+    };
+    let (_, identity) = realtime::identify(state, config, &req, &query, peer, ask).await?;
     let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
     let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str());
     let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;

@@ -52,6 +52,9 @@ pub struct TransportLabel {
 /// `UPSTREAM_ERROR_KINDS` lists every `ProxyError::kind()`.
 const UPSTREAM_ERROR_KINDS: [&str; 4] = ["bad_request", "connect", "timeout", "failed"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Every reason `webhook.rs` drops lifecycle events for (`sidewire_webhook_dropped_total`
+/// is what alerts watch, so it must read 0, not "no data", while nothing was lost).
+const WEBHOOK_DROP_REASONS: [&str; 3] = ["queue_full", "rejected", "failed"];
 
 /// Upstream latency buckets, seconds: 0.5 ms .. 30 s.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -93,6 +96,9 @@ impl Metrics {
         }
         for class in STATUS_CLASSES {
             drop(requests.get_or_create(&ClassLabel { class }));
+        }
+        for kind in WEBHOOK_DROP_REASONS {
+            drop(webhook_dropped.get_or_create(&KindLabel { kind }));
         }
         Self {
             registry,

@@ -26,13 +26,18 @@ use crate::template::{Params, USER_PARAM, percent_decode};
 
 /// Checks `Origin` against `limits.origins` (default: same host only). A request without
 /// `Origin` (not from a browser) passes: browsers always send it cross-site.
-pub fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), Rejection> {
+pub fn check_origin<B>(config: &Config, req: &http::Request<B>) -> Result<(), Rejection> {
+    let headers = req.headers();
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
     let allowed = if config.limits.origins.is_empty() {
-        let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        // HTTP/2 carries the host as `:authority`, not as a `Host` header.
+        let host = match headers.get(http::header::HOST) {
+            Some(h) => h.to_str().unwrap_or(""),
+            None => req.uri().authority().map_or("", |a| a.as_str()),
+        };
         origin.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
     } else {
         config.limits.origins.iter().any(|o| o == "*" || *o == origin)
@@ -41,21 +46,33 @@ pub fn check_origin(config: &Config, headers: &http::HeaderMap) -> Result<(), Re
 }
 
 /// Identifies the client of a realtime request (credential, then the auth cache or the
-/// backend), after the origin check.
+/// backend), after the origin check. `ask` describes the request to the backend.
 pub async fn identify(
     state: &State,
     config: &Config,
     req: &http::Request<hyper::body::Incoming>,
     query: &[(String, String)],
     peer: crate::proxy::Peer,
-    transport: &'static str,
+    ask: AuthRequest<'_>,
 ) -> Result<(Option<Credential>, Arc<Identity>), Rejection> {
-    check_origin(config, req.headers())?;
+    check_origin(config, req)?;
     let cred = auth::credential(&config.auth, req.headers(), query, peer);
-    let channels = query.iter().filter(|(k, _)| k == "channel").map(|(_, v)| v.clone()).collect();
-    let ask = AuthRequest { transport, path: req.uri().path(), channels };
     let identity = state.auth.identify(state, cred.as_ref(), ask).await?;
     Ok((cred, identity))
+}
+
+/// The channels a request names before its identity is known, for the auth call: the
+/// route's templates, or `?channel=` when it has none. Templates on `{user}` are left
+/// out: they name whatever user the backend is about to answer with.
+pub fn requested_channels(
+    route: &crate::config::RouteConfig,
+    params: &Params,
+    query: &[(String, String)],
+) -> Vec<String> {
+    if route.channels.is_empty() {
+        return query.iter().filter(|(k, _)| k == "channel").map(|(_, v)| v.clone()).collect();
+    }
+    route.channels.iter().filter_map(|t| t.fill(params, None).ok()).map(|n| n.as_str().to_owned()).collect()
 }
 
 /// The policy of the first `channels` entry matching `name`.
@@ -102,9 +119,12 @@ pub fn authorize<'a>(
 ) -> Result<&'a ChannelPolicy, ChannelError> {
     let policy = policy(config, name)
         .ok_or_else(|| ChannelError::new(ErrorCode::UnknownChannel, format!("no channel policy matches {name}")))?;
+    // A signed-in user may read what anyone without credentials may: being known to the
+    // backend must never grant less than being anonymous.
+    let public = policy.public && config.auth.anonymous;
     let allowed = match &identity.user {
-        None => policy.public && config.auth.anonymous,
-        Some(_) => identity.patterns.iter().any(|p| p.matches(name.as_str())),
+        None => public,
+        Some(_) => public || identity.patterns.iter().any(|p| p.matches(name.as_str())),
     };
     if allowed { Ok(policy) } else { Err(ChannelError::new(ErrorCode::Forbidden, format!("not allowed on {name}"))) }
 }
@@ -257,7 +277,7 @@ pub struct Session {
     pub conn: ConnId,
     pub channels: Vec<ChannelName>,
     pub identity: Arc<Identity>,
-    /// The user as presence sees it (`None` when anonymous).
+    /// The user as presence sees it (`None` when anonymous, and for long-polls).
     pub member: Option<Arc<Member>>,
     transport: &'static str,
     state: Arc<State>,
@@ -291,7 +311,13 @@ impl Session {
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
         };
-        let member = identity.user.as_deref().map(|u| Arc::new(Member { user: u.into(), info: identity.info.clone() }));
+        // A long-poll is one request of a client that comes back; as a presence it would
+        // broadcast a `join` and a `leave` to the whole channel on every poll.
+        let member = identity
+            .user
+            .as_deref()
+            .filter(|_| transport != Transport::LongPoll)
+            .map(|u| Arc::new(Member { user: u.into(), info: identity.info.clone() }));
         let session = Self {
             hub: state.hub.clone(),
             conn: state.hub.next_conn(),

@@ -60,7 +60,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = frames::handshake_key(&req)?;
-    realtime::check_origin(config, req.headers())?;
+    realtime::check_origin(config, &req)?;
     let query = realtime::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
     let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
@@ -159,7 +159,9 @@ enum End {
 async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let config = Some(frames::config(ctx.config.limits.max_message_bytes));
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
-    let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels: Vec::new() };
+    // WebSocket channels come from the route or later `subscribe` requests, not the query.
+    let channels = realtime::requested_channels(&ctx.route, &ctx.params, &[]);
+    let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
     let identity = match ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask).await {
         Ok(id) => id,
         Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,

@@ -1,6 +1,7 @@
 //! Test harness: a real sidewire on port 0 and a real fake backend on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod backend;
 pub mod sse;
 pub mod tls;
 
