@@ -106,14 +106,14 @@ struct Recheck {
     path: String,
 }
 
-type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Expiry = Pin<Box<dyn Future<Output = Result<Arc<crate::auth::Identity>, crate::auth::AuthError>> + Send>>;
 
 impl Recheck {
-    fn arm(
-        &self,
-        identity: Arc<crate::auth::Identity>,
-    ) -> Pending<Result<Arc<crate::auth::Identity>, crate::auth::AuthError>> {
-        Box::pin(crate::auth::recheck(Arc::clone(&self.state), self.cred.clone(), identity, "sse", self.path.clone()))
+    /// The re-check of `identity` at its TTL; `None` when it never expires.
+    fn arm(&self, identity: Arc<crate::auth::Identity>) -> Option<Expiry> {
+        identity.expires?;
+        let (state, cred, path) = (Arc::clone(&self.state), self.cred.clone(), self.path.clone());
+        Some(Box::pin(crate::auth::recheck(state, cred, identity, "sse", path)))
     }
 
     /// Whether a refreshed identity still covers every channel of the stream.
@@ -127,7 +127,8 @@ impl Recheck {
 struct EventStream {
     stream: Stream,
     recheck: Recheck,
-    expiry: Pending<Result<Arc<crate::auth::Identity>, crate::auth::AuthError>>,
+    /// `None` when the identity never expires (anonymous): no future held while idle.
+    expiry: Option<Expiry>,
     head: Option<Bytes>,
     heartbeat: tokio::time::Interval,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -194,6 +195,25 @@ fn write_event(buf: &mut BytesMut, stream: &mut Stream, msg: &Arc<crate::hub::Me
     buf.extend_from_slice(&msg.sse_body());
 }
 
+impl EventStream {
+    /// Re-checks the identity when its TTL ends; `Ready` means the stream must end (the
+    /// backend refused, or a channel is no longer allowed; the reconnect gets the 401/403).
+    fn poll_expiry(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Loop so a re-armed check is polled (and its timer registered) at once.
+        while let Some(expiry) = &mut self.expiry {
+            match expiry.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(identity)) if self.recheck.still_allowed(&identity, &self.stream) => {
+                    self.stream.session.identity = Arc::clone(&identity);
+                    self.expiry = self.recheck.arm(identity);
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+            }
+        }
+        Poll::Pending
+    }
+}
+
 impl http_body::Body for EventStream {
     type Data = Bytes;
     type Error = BoxError;
@@ -206,28 +226,8 @@ impl http_body::Body for EventStream {
         if let Some(head) = this.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(Some(Ok(Frame::data(this.farewell()))));
-        }
-        if this.evicted.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(None);
-        }
-        // Loop so a re-armed check is polled (and its timer registered) at once.
-        while let Poll::Ready(verdict) = this.expiry.as_mut().poll(cx) {
-            match verdict {
-                Ok(identity) if this.recheck.still_allowed(&identity, &this.stream) => {
-                    this.stream.session.identity = Arc::clone(&identity);
-                    this.expiry = this.recheck.arm(identity);
-                }
-                // Refused now: end the stream; the reconnect gets the 401/403.
-                _ => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-            }
-        }
+        // Messages first: while they flow, nothing else is polled (each control check
+        // costs a lock or a timer registration on the fan-out hot path).
         let mut buf = BytesMut::new();
         while buf.len() < BATCH_BYTES {
             match this.stream.inbox.poll_recv(cx) {
@@ -240,10 +240,21 @@ impl http_body::Body for EventStream {
             }
         }
         if !buf.is_empty() {
-            this.heartbeat.reset();
             return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
         }
         if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Ok(Frame::data(this.farewell()))));
+        }
+        if this.evicted.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if this.poll_expiry(cx).is_ready() {
+            this.done = true;
             return Poll::Ready(None);
         }
         if this.heartbeat.poll_tick(cx).is_ready() {

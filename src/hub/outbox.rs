@@ -66,13 +66,12 @@ impl Outbox {
         if msg.exclude == Some(self.conn) {
             return Offer::Skipped;
         }
-        // Evicted through another of its channels: it is closing, so queueing more is
-        // waste, and counting its full queue again would count one eviction per channel.
-        if self.evicted.is_cancelled() {
-            return Offer::Closed;
-        }
         match self.tx.try_send(Arc::clone(msg)) {
             Ok(()) => Offer::Queued,
+            // Already evicted (through another of its channels) or shutting down: it is
+            // closing; counting its full queue again would count one eviction per channel.
+            // Checked only here, off the hot path (the token check takes a lock).
+            Err(TrySendError::Full(_)) if self.evicted.is_cancelled() => Offer::Closed,
             Err(TrySendError::Full(_)) => {
                 self.evicted.cancel();
                 Offer::Evicted

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::State;
 use crate::auth::{self, AuthError, AuthRequest, Credential, Identity};
 use crate::config::{Config, RouteConfig, Transport};
-use crate::hub::{Inbox, Message, Outbox, outbox};
+use crate::hub::{Inbox, Message, Outbox, outbox_with};
 use crate::limits::Admission;
 use crate::protocol::{self, ErrorCode, close_code};
 use crate::proxy::Peer;
@@ -102,28 +102,31 @@ struct Conn {
     limiter: governor::DefaultDirectRateLimiter,
     strikes: u32,
     last_seen: Instant,
-    /// Resolves when the identity's TTL ends and the backend has answered again.
-    expiry: Expiry,
-    /// Frames produced by tasks working for this connection (webhook answers).
-    replies_tx: mpsc::Sender<String>,
-    replies: mpsc::Receiver<String>,
+    /// Resolves when the identity's TTL ends and the backend has answered again;
+    /// `None` for identities that never expire (anonymous): idle memory matters.
+    expiry: Option<Expiry>,
+    /// Frames produced by tasks working for this connection (webhook answers); created
+    /// on first use, since most connections never publish through the backend.
+    replies: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
     interrupt: Interrupt,
 }
 
-/// What ends a session whatever it is doing, even in the middle of a write.
+/// What ends a session whatever it is doing, even in the middle of a write: one token,
+/// a child of the shutdown token that the hub also cancels on queue overflow (one future
+/// to poll per wake-up instead of two).
 struct Interrupt {
-    /// Cancelled by the hub when this connection's queue overflowed.
-    evicted: CancellationToken,
+    token: CancellationToken,
     shutdown: CancellationToken,
 }
 
 impl Interrupt {
-    /// Resolves with the close to send once either has fired. Cancel-safe.
+    /// Resolves with the close to send once it has fired. Cancel-safe.
     async fn fired(&self) -> End {
-        tokio::select! {
-            biased;
-            () = self.evicted.cancelled() => End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor"),
-            () = self.shutdown.cancelled() => End::Close(close_code::GOING_AWAY, "server shutting down"),
+        self.token.cancelled().await;
+        if self.shutdown.is_cancelled() {
+            End::Close(close_code::GOING_AWAY, "server shutting down")
+        } else {
+            End::Close(close_code::SLOW_CONSUMER, "slow consumer: resume from your cursor")
         }
     }
 }
@@ -137,13 +140,15 @@ async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Resul
 where
     F: Future<Output = Result<(), WsError>>,
 {
+    // The write first: it usually completes at once, and then the interrupt is never
+    // polled (no registration cost per message).
     tokio::select! {
         biased;
-        end = interrupt.fired() => Err(end),
         written = tokio::time::timeout(timeout, write) => match written {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         },
+        end = interrupt.fired() => Err(end),
     }
 }
 
@@ -167,11 +172,13 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
-    let (outbox, inbox) = outbox(session.conn, session.member.clone(), ctx.config.limits.subscriber_queue);
+    let shutdown = ctx.state.shutdown.token().clone();
+    let token = shutdown.child_token();
+    let queue = ctx.config.limits.subscriber_queue;
+    let (outbox, inbox) = outbox_with(session.conn, session.member.clone(), queue, token.clone());
     let limiter = crate::limits::client_rate(ctx.config.limits.client_rate);
-    let (replies_tx, replies) = mpsc::channel(MAX_PENDING_WEBHOOKS);
     let expiry = arm_expiry(&ctx, Arc::clone(&session.identity));
-    let interrupt = Interrupt { evicted: inbox.evicted().clone(), shutdown: ctx.state.shutdown.token().clone() };
+    let interrupt = Interrupt { token, shutdown };
     let mut conn = Conn {
         interrupt,
         ctx,
@@ -183,8 +190,7 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         strikes: 0,
         last_seen: Instant::now(),
         expiry,
-        replies_tx,
-        replies,
+        replies: None,
     };
     let end = match conn.start().await {
         Ok(()) => conn.serve().await,
@@ -197,9 +203,26 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     }
 }
 
-fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Expiry {
+fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Option<Expiry> {
+    identity.expires?;
     let state = Arc::clone(&ctx.state);
-    Box::pin(auth::recheck(state, ctx.cred.clone(), identity, "websocket", ctx.path.clone()))
+    Some(Box::pin(auth::recheck(state, ctx.cred.clone(), identity, "websocket", ctx.path.clone())))
+}
+
+/// The identity's re-check, or never. Cancel-safe (the boxed future is polled by ref).
+async fn expired(expiry: &mut Option<Expiry>) -> Result<Arc<Identity>, AuthError> {
+    match expiry {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next webhook answer, or never while no webhook was started. Cancel-safe.
+async fn next_reply(replies: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>) -> Option<String> {
+    match replies {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -235,9 +258,9 @@ impl Conn {
             let step = tokio::select! {
                 end = self.interrupt.fired() => Err(end),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
-                Some(frame) = self.replies.recv() => self.send(frame).await,
+                Some(frame) = next_reply(&mut self.replies) => self.send(frame).await,
                 frame = self.ws.next() => self.on_frame(frame).await,
-                verdict = &mut self.expiry => self.on_expiry(verdict),
+                verdict = expired(&mut self.expiry) => self.on_expiry(verdict),
                 _ = heartbeat.tick() => self.heartbeat().await,
             };
             if let Err(end) = step {

@@ -172,7 +172,8 @@ impl Conn {
         data: &RawValue,
         r: Option<&RawValue>,
     ) -> Result<(), End> {
-        let Ok(permit) = self.replies_tx.clone().try_reserve_owned() else {
+        let (tx, _) = self.replies.get_or_insert_with(|| tokio::sync::mpsc::channel(super::MAX_PENDING_WEBHOOKS));
+        let Ok(permit) = tx.clone().try_reserve_owned() else {
             let e = refuse(ErrorCode::RateLimited, "too many messages awaiting the backend");
             return self.refused(e, r).await;
         };
