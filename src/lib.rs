@@ -241,10 +241,12 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
             proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
         }
         Route::Reserved(rest) => asset::serve(rest, &req),
+        // Boxed: hyper keeps the request future's allocation for the connection's whole
+        // life, so the large realtime futures (auth call included) must not size it.
         Route::Realtime(route, params) => match route.transport {
             config::Transport::WebSocket => ws::upgrade(&state, &config, route, params, peer, req),
-            config::Transport::Sse => sse::open(&state, &config, route, params, peer, req).await,
-            config::Transport::LongPoll => longpoll::wait(&state, &config, route, params, peer, req).await,
+            config::Transport::Sse => Box::pin(sse::open(&state, &config, route, params, peer, req)).await,
+            config::Transport::LongPoll => Box::pin(longpoll::wait(&state, &config, route, params, peer, req)).await,
         },
     };
     let res = res.unwrap_or_else(Rejection::into_response);

@@ -30,7 +30,7 @@ use crate::proxy::connection_has;
 use crate::respond::Rejection;
 
 /// Read buffer per connection: small, because idle connections dominate memory.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 /// Writes are batched up to this before they reach the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Queued-but-unsent bytes allowed before a write fails (backpressure bound).

@@ -167,7 +167,7 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     // WebSocket channels come from the route or later `subscribe` requests, not the query.
     let channels = realtime::requested_channels(&ctx.route, &ctx.params, &[]);
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
-    let identity = match ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask).await {
+    let identity = match Box::pin(ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask)).await {
         Ok(id) => id,
         Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
     };
@@ -192,13 +192,15 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         expiry,
         replies: None,
     };
-    let end = match conn.start().await {
+    // Boxed: the start-up and request-handling futures are large and rare; kept inline
+    // they would sit in every idle connection's task.
+    let end = match Box::pin(conn.start()).await {
         Ok(()) => conn.serve().await,
         Err(end) => end,
     };
     match end {
-        End::Close(code, reason) => frames::close(&mut conn.ws, code, reason).await,
-        End::Fail(e) => frames::fail(&mut conn.ws, e).await,
+        End::Close(code, reason) => Box::pin(frames::close(&mut conn.ws, code, reason)).await,
+        End::Fail(e) => Box::pin(frames::fail(&mut conn.ws, e)).await,
         End::Gone => {}
     }
 }
@@ -258,10 +260,10 @@ impl Conn {
             let step = tokio::select! {
                 end = self.interrupt.fired() => Err(end),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
-                Some(frame) = next_reply(&mut self.replies) => self.send(frame).await,
-                frame = self.ws.next() => self.on_frame(frame).await,
+                Some(frame) = next_reply(&mut self.replies) => Box::pin(self.send(frame)).await,
+                frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
                 verdict = expired(&mut self.expiry) => self.on_expiry(verdict),
-                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = heartbeat.tick() => Box::pin(self.heartbeat()).await,
             };
             if let Err(end) = step {
                 return end;
