@@ -206,6 +206,7 @@ impl Handle {
         let restart = old.restart_required(&new);
         // Keep what cannot change while running.
         new.listen = old.listen;
+        new.workers = old.workers;
         new.admin.listen = old.admin.listen;
         new.broker = old.broker.clone();
         match (&mut new.tls, &old.tls) {

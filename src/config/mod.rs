@@ -197,6 +197,8 @@ pub enum BrokerConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 = one per core.
+    pub workers: usize,
     pub tls: Option<TlsConfig>,
     pub admin: AdminConfig,
     pub backend: BackendConfig,
@@ -252,6 +254,9 @@ impl Config {
         }
         if self.broker != new.broker {
             keys.push("broker");
+        }
+        if self.workers != new.workers {
+            keys.push("workers");
         }
         keys
     }
@@ -315,6 +320,7 @@ fn to_raw(tree: Value, problems: &mut Vec<Problem>) -> RawConfig {
         match p {
             "listen" => set(&mut raw.listen, value, p, problems),
             "shutdown_grace" => set(&mut raw.shutdown_grace, value, p, problems),
+            "workers" => set(&mut raw.workers, value, p, problems),
             "tls" => set(&mut raw.tls, value, p, problems),
             "admin" => set(&mut raw.admin, value, p, problems),
             "backend" => set(&mut raw.backend, value, p, problems),

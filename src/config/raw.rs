@@ -238,6 +238,8 @@ impl Default for RawBroker {
 pub struct RawConfig {
     pub listen: String,
     pub shutdown_grace: Dur,
+    /// Runtime worker threads; 0 = one per core (extension).
+    pub workers: usize,
     pub tls: Option<RawTls>,
     pub admin: RawAdmin,
     pub backend: RawBackend,
@@ -261,6 +263,7 @@ impl Default for RawConfig {
         Self {
             listen: "0.0.0.0:8080".into(),
             shutdown_grace: secs(10),
+            workers: 0,
             tls: None,
             admin: RawAdmin::default(),
             backend: RawBackend::default(),

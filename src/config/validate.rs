@@ -14,6 +14,8 @@ use super::*;
 const MAX_HISTORY: usize = 1_000_000;
 /// Largest accepted `max_message_bytes` (frames are buffered whole).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// More runtime threads than this is a typo, not a tuning.
+const MAX_WORKERS: usize = 256;
 /// hyper refuses an HTTP/1 read buffer under 8 KiB.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -59,6 +61,9 @@ fn secret(text: Option<String>) -> Option<Secret> {
 pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
     let mut c = Check(problems);
     let listen = c.addr("listen", &raw.listen);
+    if raw.workers > MAX_WORKERS {
+        c.fail("workers", format!("must be at most {MAX_WORKERS} (0 = one per core)"));
+    }
     let tls = raw.tls.map(|t| TlsConfig {
         listen: c.addr("tls.listen", &t.listen),
         cert: PathBuf::from(t.cert),
@@ -90,6 +95,7 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
     Config {
         listen,
         shutdown_grace: raw.shutdown_grace.0,
+        workers: raw.workers,
         tls,
         admin,
         backend,
