@@ -13,7 +13,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::State;
-use crate::auth::AuthRequest;
 use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::Message;
 use crate::proxy::Peer;
@@ -56,13 +55,9 @@ pub async fn wait(
     }
     let query = realtime::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
-    let ask = AuthRequest {
-        transport: "longpoll",
-        path: req.uri().path(),
-        channels: realtime::requested_channels(route, &params, &query),
-    };
-    let (_, identity) = realtime::identify(state, config, &req, &query, peer, ask).await?;
-    let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
+    let target = realtime::Target { route, params: &params, query: &query, transport: "longpoll" };
+    let opening = realtime::stream_request(state, config, target, peer, &req).await?;
+    let (identity, channels) = (opening.identity, opening.channels);
     let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str());
     let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;
     let (mut stream, opened) = Stream::open(session, channels, since, config.limits.subscriber_queue, None);

@@ -61,6 +61,38 @@ pub async fn identify(
     Ok((cred, identity))
 }
 
+/// What an SSE or long-poll request names: its route, path parameters and query.
+pub struct Target<'a> {
+    pub route: &'a crate::config::RouteConfig,
+    pub params: &'a Params,
+    pub query: &'a [(String, String)],
+    pub transport: &'static str,
+}
+
+/// What SSE and long-poll settle before their stream starts.
+pub struct StreamRequest {
+    pub cred: Option<Credential>,
+    pub identity: Arc<Identity>,
+    /// Sorted, deduplicated and authorized.
+    pub channels: Vec<(ChannelName, Retention)>,
+}
+
+/// The common start of an SSE or long-poll request: origin, identity (the auth call names
+/// the channels the request asks for), then the channels it may stream.
+pub async fn stream_request(
+    state: &State,
+    config: &Config,
+    target: Target<'_>,
+    peer: crate::proxy::Peer,
+    req: &http::Request<hyper::body::Incoming>,
+) -> Result<StreamRequest, Rejection> {
+    let channels = requested_channels(target.route, target.params, target.query);
+    let ask = AuthRequest { transport: target.transport, path: req.uri().path(), channels };
+    let (cred, identity) = identify(state, config, req, target.query, peer, ask).await?;
+    let channels = stream_channels(config, target.route, target.params, target.query, &identity)?;
+    Ok(StreamRequest { cred, identity, channels })
+}
+
 /// The channels a request names before its identity is known, for the auth call: the
 /// route's templates, or `?channel=` when it has none. Templates on `{user}` are left
 /// out: they name whatever user the backend is about to answer with.

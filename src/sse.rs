@@ -24,7 +24,6 @@ use serde_json::value::RawValue;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::State;
-use crate::auth::AuthRequest;
 use crate::config::{Config, RouteConfig, Transport};
 use crate::proxy::Peer;
 use crate::realtime::{self, Session};
@@ -70,13 +69,9 @@ pub async fn open(
         return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
     }
     let query = realtime::query_pairs(req.uri().query());
-    let ask = AuthRequest {
-        transport: "sse",
-        path: req.uri().path(),
-        channels: realtime::requested_channels(route, &params, &query),
-    };
-    let (cred, identity) = realtime::identify(state, config, &req, &query, peer, ask).await?;
-    let channels = realtime::stream_channels(config, route, &params, &query, &identity)?;
+    let target = realtime::Target { route, params: &params, query: &query, transport: "sse" };
+    let opening = realtime::stream_request(state, config, target, peer, &req).await?;
+    let (cred, identity, channels) = (opening.cred, opening.identity, opening.channels);
     let last_id = req
         .headers()
         .get("last-event-id")
