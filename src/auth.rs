@@ -271,7 +271,7 @@ fn expired(outcome: &Outcome, now: Instant) -> bool {
 
 /// One backend auth call, mapped to an outcome.
 async fn ask_backend(state: &State, cfg: &AuthConfig, cred: &Credential, req: AuthRequest<'_>) -> Outcome {
-    let proxy = state.proxy.load_full();
+    let proxy = state.proxy();
     let body = serde_json::json!({
         "token": cred.token,
         "transport": req.transport,

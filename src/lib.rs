@@ -86,6 +86,13 @@ pub struct State {
 /// How often expired history is swept from idle channels.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+impl State {
+    /// The calling thread's backend pool for the current backend config.
+    pub fn proxy(&self) -> Proxy {
+        Proxy::local(&self.proxy.load())
+    }
+}
+
 /// Why [`App::bind`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -108,8 +115,9 @@ pub struct Addrs {
 /// A bound, not yet running sidewire.
 pub struct App {
     state: Arc<State>,
-    public: TcpListener,
-    tls: Option<TcpListener>,
+    /// One public (and TLS) listener per serving thread, all on the same address.
+    public: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
     admin: TcpListener,
     /// Lifecycle webhook events, consumed by the sender task once running.
     events: tokio::sync::mpsc::Receiver<serde_json::Value>,
@@ -123,6 +131,35 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Bin
     TcpListener::bind(addr).await.map_err(|source| BindError::Listen { what, addr, source })
 }
 
+/// `n` listeners on one address with SO_REUSEPORT, so the kernel spreads connections over
+/// the serving threads (one per listener). Port 0 is resolved by the first.
+fn listen_shared(what: &'static str, addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, BindError> {
+    let mut out: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let fail = |source| BindError::Listen { what, addr: at, source };
+        let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(fail)?;
+        socket.set_reuseaddr(true).map_err(fail)?;
+        socket.set_reuseport(true).map_err(fail)?;
+        socket.bind(at).map_err(fail)?;
+        let listener = socket.listen(1024).map_err(fail)?;
+        if let Ok(local) = listener.local_addr() {
+            at = local;
+        }
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serving threads: `workers`, or one per core.
+fn serving_threads(config: &Config) -> usize {
+    match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    }
+}
+
 impl App {
     /// Binds every listener and loads the TLS certificate. Nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, BindError> {
@@ -131,14 +168,15 @@ impl App {
                 "broker.kind: redis is not available in this build; use broker.kind: memory (one instance)",
             ));
         }
-        let public = listen("listen", config.listen).await?;
+        let threads = serving_threads(&config);
+        let public = listen_shared("listen", config.listen, threads)?;
         let admin = listen("admin.listen", config.admin.listen).await?;
-        let (tls_listener, tls) = match &config.tls {
+        let (tls_listeners, tls) = match &config.tls {
             Some(t) => {
                 let store = Tls::load(&t.cert, &t.key).await?;
-                (Some(listen("tls.listen", t.listen).await?), Some(Arc::new(store)))
+                (listen_shared("tls.listen", t.listen, threads)?, Some(Arc::new(store)))
             }
-            None => (None, None),
+            None => (Vec::new(), None),
         };
         let metrics = Arc::new(Metrics::new());
         let (lifecycle, events) = webhook::Lifecycle::new();
@@ -156,12 +194,13 @@ impl App {
             auth: auth::Auth::default(),
             lifecycle,
         });
-        Ok(Self { state, public, tls: tls_listener, admin, events })
+        Ok(Self { state, public, tls: tls_listeners, admin, events })
     }
 
     pub fn local_addrs(&self) -> Addrs {
         let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Addrs { public: addr(&self.public), tls: self.tls.as_ref().map(addr), admin: addr(&self.admin) }
+        let public = self.public.first().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), addr);
+        Addrs { public, tls: self.tls.first().map(addr), admin: addr(&self.admin) }
     }
 
     pub fn handle(&self) -> Handle {
@@ -172,11 +211,17 @@ impl App {
     pub async fn run(self) {
         let state = self.state;
         let sd = state.shutdown.clone();
-        sd.spawn(server::serve(self.public, server::Kind::Public, Arc::clone(&state)));
-        sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
-        if let Some(l) = self.tls {
-            sd.spawn(server::serve(l, server::Kind::Tls, Arc::clone(&state)));
+        let mut tls = self.tls.into_iter();
+        for (i, public) in self.public.into_iter().enumerate() {
+            let pair = (public, tls.next());
+            if i == 0 {
+                // The first pair is served here; the others each on a thread of their own.
+                sd.spawn(serve_pair(pair, Arc::clone(&state)));
+            } else {
+                spawn_serving_thread(i, pair, Arc::clone(&state));
+            }
         }
+        sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
             sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
         }
@@ -238,7 +283,7 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     let path = req.uri().path().to_owned();
     let res = match router::route(&config, &path) {
         Route::PassThrough => {
-            let proxy = state.proxy.load_full();
+            let proxy = state.proxy();
             proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
         }
         Route::Reserved(rest) => asset::serve(rest, &req),
@@ -256,6 +301,51 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     tracing::debug!(target: "sidewire::access", %method, %path, status = res.status().as_u16(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %peer.addr);
     res
+}
+
+/// Serves one public listener and its TLS twin until shutdown (each drains itself).
+async fn serve_pair(pair: (TcpListener, Option<TcpListener>), state: Arc<State>) {
+    let (public, tls) = pair;
+    let tls_state = Arc::clone(&state);
+    let tls = async move {
+        if let Some(l) = tls {
+            server::serve(l, server::Kind::Tls, tls_state).await;
+        }
+    };
+    tokio::join!(server::serve(public, server::Kind::Public, state), tls);
+}
+
+/// A serving thread: a current-thread runtime whose connections, their tasks and their
+/// backend pool all stay on this thread (thread per core, as nginx and Envoy serve). It
+/// lives until its connections have drained after shutdown.
+fn spawn_serving_thread(i: usize, pair: (TcpListener, Option<TcpListener>), state: Arc<State>) {
+    // Listeners are registered with the runtime that made them: move the raw sockets.
+    let public = pair.0.into_std();
+    let tls = pair.1.map(TcpListener::into_std).transpose();
+    let spawned = std::thread::Builder::new().name(format!("sidewire-{i}")).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(error = %e, "cannot start a serving thread"),
+        };
+        rt.block_on(async move {
+            let (Ok(public), Ok(tls)) = (public, tls) else {
+                return tracing::error!("cannot hand a listener to a serving thread");
+            };
+            let public = TcpListener::from_std(public);
+            let tls = tls.map(TcpListener::from_std).transpose();
+            let (Ok(public), Ok(tls)) = (public, tls) else {
+                return tracing::error!("cannot register a listener on a serving thread");
+            };
+            let sd = state.shutdown.clone();
+            let grace = state.config.load().shutdown_grace;
+            serve_pair((public, tls), state).await;
+            // Sessions spawned here run on this runtime: keep it alive while they close.
+            let _ = tokio::time::timeout(grace, sd.wait()).await;
+        });
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot spawn a serving thread; its listener is closed");
+    }
 }
 
 /// Expires history of channels nobody touches, until shutdown.

@@ -48,11 +48,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.workers > 0 {
-        builder.worker_threads(config.workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // One serving thread per core (`workers`): this one, plus those `App::run` starts.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -64,7 +64,7 @@ pub async fn post(state: &State, body: &Value) -> Reply {
     let Some(secret) = &config.webhooks.secret else {
         return Reply::Failed("webhooks.secret is not set".into());
     };
-    let proxy = state.proxy.load_full();
+    let proxy = state.proxy();
     let uri = match proxy.target(&config.webhooks.endpoint) {
         Ok(u) => u,
         Err(e) => return Reply::Failed(e.to_string()),
