@@ -212,14 +212,11 @@ impl App {
         let state = self.state;
         let sd = state.shutdown.clone();
         let mut tls = self.tls.into_iter();
+        // Every public (and TLS) listener on a serving thread of its own; this runtime
+        // keeps the admin listener (where publishes fan out) and the background tasks,
+        // so fan-out runs beside the sessions instead of taking turns with them.
         for (i, public) in self.public.into_iter().enumerate() {
-            let pair = (public, tls.next());
-            if i == 0 {
-                // The first pair is served here; the others each on a thread of their own.
-                sd.spawn(serve_pair(pair, Arc::clone(&state)));
-            } else {
-                spawn_serving_thread(i, pair, Arc::clone(&state));
-            }
+            spawn_serving_thread(i, (public, tls.next()), Arc::clone(&state));
         }
         sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
-    // One serving thread per core (`workers`): this one, plus those `App::run` starts.
+    // This thread runs the admin listener and background tasks; `App::run` starts one
+    // serving thread per core (`workers`) for the public listeners.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
