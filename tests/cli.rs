@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::sync::{mpsc, watch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sidewire");
 
@@ -240,26 +239,9 @@ fn check_expands_env_from_the_process_environment() {
     assert!(err.contains("backend.url: environment variable SW_CLI_BACKEND is not set"), "{err}");
 }
 
-/// A backend whose requests report their arrival, then wait until released.
-async fn held_backend() -> (FakeBackend, mpsc::Receiver<()>, watch::Sender<bool>) {
-    let (arrived_tx, arrived) = mpsc::channel(8);
-    let (release, release_rx) = watch::channel(false);
-    let backend = FakeBackend::start(move |_req| {
-        let arrived = arrived_tx.clone();
-        let mut release = release_rx.clone();
-        async move {
-            let _ = arrived.send(()).await;
-            let _ = release.wait_for(|go| *go).await;
-            Response::new(full("slow answer"))
-        }
-    })
-    .await;
-    (backend, arrived, release)
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let (backend, mut arrived, release) = held_backend().await;
+    let HeldBackend { backend, mut arrived, release } = held_backend("slow answer").await;
     // The backend URL comes from the real environment of the child.
     let file = ConfigFile::new(&base_yaml("${SW_CLI_BACKEND_URL}", "60s"));
     let mut sw = Sidewire::start(&file.path, &[("SW_CLI_BACKEND_URL", &backend.url())]).await;
@@ -285,7 +267,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 
 #[tokio::test]
 async fn sigterm_does_not_wait_past_the_grace() {
-    let (backend, mut arrived, _never_released) = held_backend().await;
+    let HeldBackend { backend, mut arrived, release: _never_released } = held_backend("slow answer").await;
     let file = ConfigFile::new(&base_yaml(&backend.url(), "300ms"));
     let mut sw = Sidewire::start(&file.path, &[]).await;
     let url = sw.url("/forever");

@@ -13,36 +13,12 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
 
 /// Upper bound for anything that should happen "promptly"; far below every grace used
 /// here, so passing it proves the drain did not wait out the grace.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A backend whose every request reports its arrival, then waits until released.
-struct HeldBackend {
-    backend: FakeBackend,
-    arrived: mpsc::Receiver<()>,
-    release: watch::Sender<bool>,
-}
-
-async fn held_backend() -> HeldBackend {
-    let (arrived_tx, arrived) = mpsc::channel(8);
-    let (release, release_rx) = watch::channel(false);
-    let backend = FakeBackend::start(move |_req| {
-        let arrived = arrived_tx.clone();
-        let mut release = release_rx.clone();
-        async move {
-            let _ = arrived.send(()).await;
-            // An error means the test is over and dropped the sender: answer anyway.
-            let _ = release.wait_for(|go| *go).await;
-            Response::new(full("finally"))
-        }
-    })
-    .await;
-    HeldBackend { backend, arrived, release }
-}
 
 fn yaml(backend: &FakeBackend, grace: &str) -> String {
     format!("shutdown_grace: {grace}\nbackend: {{ url: \"{}\" }}\n", backend.url())
@@ -59,7 +35,7 @@ async fn wait_refused(addr: SocketAddr) {
 
 #[tokio::test]
 async fn in_flight_request_finishes_after_shutdown() {
-    let mut held = held_backend().await;
+    let mut held = held_backend("finally").await;
     let server = TestServer::start(&yaml(&held.backend, "60s")).await;
     // One request over HTTP/1.1 and one over h2c: hyper runs HTTP/2 streams as tasks of
     // their own, and the drain must wait for those too.

@@ -177,3 +177,28 @@ pub fn http() -> reqwest::Client {
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A backend whose every request reports its arrival, then waits until released and
+/// answers `answer` (so a test can hold a request in flight).
+pub struct HeldBackend {
+    pub backend: FakeBackend,
+    pub arrived: tokio::sync::mpsc::Receiver<()>,
+    pub release: tokio::sync::watch::Sender<bool>,
+}
+
+pub async fn held_backend(answer: &'static str) -> HeldBackend {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::channel(8);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let backend = FakeBackend::start(move |_req| {
+        let arrived = arrived_tx.clone();
+        let mut release = release_rx.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            // An error means the test is over and dropped the sender: answer anyway.
+            let _ = release.wait_for(|go| *go).await;
+            Response::new(full(answer))
+        }
+    })
+    .await;
+    HeldBackend { backend, arrived, release }
+}
