@@ -1,12 +1,19 @@
-//! The admin listener: the publish API, channel listing, health, readiness and metrics.
+//! The admin listener: the publish API, presence, channel listing, health, readiness and
+//! metrics (SPEC §7).
 //!
-//! Owns: the admin routes. Does not: serve anything to the public listeners.
+//! Owns: the admin routes, the admin secret check and reading request bodies. Does not:
+//! serve anything to the public listeners, or decide what a publish means
+//! (`publish.rs` checks it, the broker publishes it).
 
-use http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::State;
-use crate::respond::{Body, Rejection, text, with_body};
+use crate::config::Config;
+use crate::realtime;
+use crate::respond::{Body, Rejection, json, text, with_body};
 
 /// prometheus-client writes OpenMetrics (`# TYPE x counter` over `x_total` samples, `# EOF`);
 /// labelled as the classic 0.0.4 text format, Prometheus would drop every counter's type.
@@ -19,9 +26,9 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
         (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode())),
-        (&Method::POST, "/publish") => crate::publish::publish(state, &config, req).await,
-        (&Method::GET, "/channels") => crate::publish::channels(state, &config, &req),
-        (&Method::GET, "/presence") => crate::publish::presence(state, &config, &req),
+        (&Method::POST, "/publish") => publish(state, &config, req).await,
+        (&Method::GET, "/channels") => channels(state, &config, &req),
+        (&Method::GET, "/presence") => presence(state, &config, &req),
         (_, "/publish" | "/channels" | "/presence") => {
             Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed"))
         }
@@ -38,5 +45,108 @@ fn readyz(state: &State) -> Response<Body> {
         text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n")
     } else {
         text(StatusCode::OK, "ready\n")
+    }
+}
+
+/// Checks `Authorization: Bearer <admin.secret>` when a secret is configured.
+fn authorized(config: &Config, req: &Request<Incoming>) -> Result<(), Rejection> {
+    let Some(secret) = &config.admin.secret else {
+        return Ok(());
+    };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
+    match given {
+        Some(g) if constant_time_eq(g.trim().as_bytes(), secret.expose().as_bytes()) => Ok(()),
+        _ => Err(Rejection::json(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin secret")),
+    }
+}
+
+/// The credentials of a `Bearer` authorization; the scheme name is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` from a hand-written client counts too.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /publish`.
+async fn publish(state: &State, config: &Config, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    authorized(config, &req)?;
+    let limit = (config.limits.max_message_bytes * 4).max(1 << 20);
+    let body = read_body(req, limit).await?;
+    let ids = crate::publish::publish_body(state, config, &body).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "ids": ids })))
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Rejection> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) => Err(bad(format!("could not read the body: {e}"))),
+    }
+}
+
+fn bad(message: impl Into<String>) -> Rejection {
+    Rejection::json(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// `GET /presence?channel=…`: users present on a presence channel of this instance.
+fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    authorized(config, req)?;
+    let query = realtime::query_pairs(req.uri().query());
+    let name = query
+        .iter()
+        .find(|(k, _)| k == "channel")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| bad("?channel= is required"))?;
+    let channel = realtime::channel_name(name)?;
+    let policy = realtime::policy(config, &channel).ok_or_else(|| {
+        Rejection::json(StatusCode::BAD_REQUEST, "unknown_channel", format!("no channel policy matches {channel}"))
+    })?;
+    if !policy.presence {
+        return Err(bad(format!("presence is not enabled on {channel}")));
+    }
+    let users: Vec<serde_json::Value> = state
+        .broker
+        .hub()
+        .presence(&channel)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(user, n, info)| serde_json::json!({ "user": &*user, "connections": n, "info": info }))
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "channel": channel.as_str(), "users": users })))
+}
+
+/// `GET /channels`: channels with subscribers on this instance.
+fn channels(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    authorized(config, req)?;
+    let list: Vec<serde_json::Value> = state
+        .broker
+        .hub()
+        .channels()
+        .into_iter()
+        .map(|(name, n)| serde_json::json!({ "channel": name.as_str(), "subscribers": n }))
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "channels": list })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert_eq!(bearer("Bearer x"), Some("x"));
+        assert_eq!(bearer("bearer x"), Some("x"));
+        assert_eq!(bearer("Basic x"), None);
     }
 }

@@ -75,10 +75,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     pub tls: Option<Arc<Tls>>,
-    pub hub: hub::Hub,
+    /// The publish path and this instance's hub (`broker.hub()`).
     pub broker: broker::Broker,
     pub limits: limits::Limits,
-    pub idempotency: publish::Idempotency,
     pub auth: auth::Auth,
     pub lifecycle: webhook::Lifecycle,
 }
@@ -100,8 +99,8 @@ pub enum BindError {
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
-    #[error("{0}")]
-    Unsupported(&'static str),
+    #[error("broker: {0}")]
+    Broker(#[from] broker::BrokerError),
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -163,11 +162,6 @@ fn serving_threads(config: &Config) -> usize {
 impl App {
     /// Binds every listener and loads the TLS certificate. Nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, BindError> {
-        if matches!(config.broker, config::BrokerConfig::Redis { .. }) {
-            return Err(BindError::Unsupported(
-                "broker.kind: redis is not available in this build; use broker.kind: memory (one instance)",
-            ));
-        }
         let threads = serving_threads(&config);
         let public = listen_shared("listen", config.listen, threads)?;
         let admin = listen("admin.listen", config.admin.listen).await?;
@@ -180,17 +174,23 @@ impl App {
         };
         let metrics = Arc::new(Metrics::new());
         let (lifecycle, events) = webhook::Lifecycle::new();
-        let hub = hub::Hub::new(hub::cursor::Epoch::fresh(), metrics.hub.clone());
+        let broker = match &config.broker {
+            config::BrokerConfig::Memory => {
+                broker::Broker::Memory(Arc::new(broker::Memory::new(hub::Hub::new(metrics.hub.clone()))))
+            }
+            config::BrokerConfig::Redis(redis) => {
+                let hub = hub::Hub::cache(metrics.hub.clone());
+                broker::Broker::Redis(broker::Redis::new(redis, hub, metrics.broker.clone())?)
+            }
+        };
         let state = Arc::new(State {
             proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),
             config: ArcSwap::from_pointee(config),
             metrics,
             shutdown: Shutdown::new(),
             tls,
-            broker: broker::Broker::Memory(hub.clone()),
-            hub,
+            broker,
             limits: limits::Limits::default(),
-            idempotency: publish::Idempotency::default(),
             auth: auth::Auth::default(),
             lifecycle,
         });
@@ -222,7 +222,10 @@ impl App {
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
             sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
         }
-        sd.spawn(sweep(state.hub.clone(), sd.clone()));
+        sd.spawn(sweep(state.broker.hub().clone(), sd.clone()));
+        if let broker::Broker::Redis(redis) = &state.broker {
+            sd.spawn(redis.clone().run(sd.clone()));
+        }
         sd.spawn(webhook::run(Arc::clone(&state), self.events, sd.clone()));
         tracing::info!("sidewire is serving");
         sd.cancelled().await;

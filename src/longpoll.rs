@@ -60,7 +60,7 @@ pub async fn wait(
     let (identity, channels) = (opening.identity, opening.channels);
     let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str());
     let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;
-    let (mut stream, opened) = Stream::open(session, channels, since, config.limits.subscriber_queue, None);
+    let (mut stream, opened) = Stream::open(session, channels, since, config.limits.subscriber_queue, None).await?;
     let mut messages = opened.replay;
     let mut draining = false;
     if messages.is_empty() && opened.reset.is_empty() && !timeout.is_zero() {

@@ -40,6 +40,35 @@ pub struct Metrics {
     webhook_dropped: Family<KindLabel, Counter>,
     /// Handed to the hub, which records into them directly.
     pub hub: crate::hub::HubStats,
+    /// Handed to the redis broker.
+    pub broker: BrokerStats,
+}
+
+/// What the redis broker records (registered in every mode so dashboards read 0).
+#[derive(Debug, Clone)]
+pub struct BrokerStats {
+    /// 1 while Redis answers and the pub/sub connection is subscribed.
+    pub up: Gauge,
+    /// Publish round trips through Redis.
+    pub publish_seconds: Histogram,
+    /// Gaps filled from a channel's stream.
+    pub backfills: Counter,
+    /// Pub/sub connections re-established.
+    pub resubscribes: Counter,
+    /// Times Redis came back without its data (a new history epoch).
+    pub epoch_changes: Counter,
+}
+
+impl Default for BrokerStats {
+    fn default() -> Self {
+        Self {
+            up: Gauge::default(),
+            publish_seconds: Histogram::new(LATENCY_BUCKETS),
+            backfills: Counter::default(),
+            resubscribes: Counter::default(),
+            epoch_changes: Counter::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +118,24 @@ impl Metrics {
         registry.register("messages_published", "Messages published through this instance", hub.published.clone());
         registry.register("messages_delivered", "Messages queued to subscribers", hub.delivered.clone());
         registry.register("history_messages", "Messages held in history rings", hub.history.clone());
+        let broker = BrokerStats::default();
+        registry.register("broker_up", "1 while the broker can publish and deliver", broker.up.clone());
+        registry.register(
+            "broker_publish_seconds",
+            "Time for a publish request's round trip through Redis",
+            broker.publish_seconds.clone(),
+        );
+        registry.register("broker_backfills", "Gaps filled from a channel's Redis stream", broker.backfills.clone());
+        registry.register(
+            "broker_resubscribes",
+            "Redis pub/sub connections re-established",
+            broker.resubscribes.clone(),
+        );
+        registry.register(
+            "broker_epoch_changes",
+            "Times Redis came back without its data (every client resumes into a reset)",
+            broker.epoch_changes.clone(),
+        );
         let webhook_dropped = Family::<KindLabel, Counter>::default();
         registry.register("webhook_dropped", "Lifecycle webhook events dropped, by reason", webhook_dropped.clone());
         for kind in UPSTREAM_ERROR_KINDS {
@@ -111,6 +158,7 @@ impl Metrics {
             evictions,
             webhook_dropped,
             hub,
+            broker,
         }
     }
 

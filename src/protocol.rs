@@ -155,7 +155,7 @@ struct MessageBody<'a> {
 }
 
 /// `message {channel, id, event?, data}` (or `join`/`leave {channel, user}`); encoded
-/// once per message (see `Message::ws_frame`).
+/// once per message into its `ws` slot (see `ws::text_frame`).
 pub fn encode_message(msg: &Message) -> String {
     if msg.kind != crate::hub::message::Kind::Publish {
         let kind = if msg.kind == crate::hub::message::Kind::Join { "join" } else { "leave" };

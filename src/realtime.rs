@@ -13,10 +13,11 @@ use serde_json::value::RawValue;
 
 use crate::State;
 use crate::auth::{self, AuthRequest, Credential, Identity};
+use crate::broker::{Broker, BrokerError, Outgoing, Resume};
 use crate::config::{ChannelPolicy, Config, Transport, WebhookEvent};
 use crate::hub::Member;
 use crate::hub::cursor::MessageId;
-use crate::hub::{ConnId, Draft, Hub, Outbox, Retention, Since, Subscribed};
+use crate::hub::{ConnId, Draft, Outbox, Retention, Subscribed};
 use crate::limits::{Admission, Refused};
 use crate::metrics::ConnectionGuard;
 use crate::names::ChannelName;
@@ -266,12 +267,18 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
 }
 
 /// Publishes a prepared message through the broker.
-pub fn publish(state: &State, draft: Draft, retention: Retention) -> Result<Option<MessageId>, ChannelError> {
-    state
-        .broker
-        .publish(draft, retention)
-        .map(|m| m.id)
-        .map_err(|e| ChannelError::new(ErrorCode::Unavailable, e.to_string()))
+pub async fn publish(state: &State, draft: Draft, retention: Retention) -> Result<Option<MessageId>, ChannelError> {
+    let item = Outgoing { drafts: vec![(draft, retention)], idempotency: None };
+    match state.broker.publish(vec![item]).await {
+        Ok(ids) => Ok(ids.into_iter().next().and_then(|i| i.into_iter().next()).flatten()),
+        Err(e) => Err(ChannelError::from(e)),
+    }
+}
+
+impl From<BrokerError> for ChannelError {
+    fn from(e: BrokerError) -> Self {
+        ChannelError::new(ErrorCode::Unavailable, e.to_string())
+    }
 }
 
 /// JSON with every insignificant space removed (SSE sends data as compact JSON). Works
@@ -305,7 +312,7 @@ pub fn compact(raw: &RawValue) -> Box<RawValue> {
 /// Everything a realtime connection holds for its lifetime; dropping it unsubscribes
 /// from every channel and frees the connection slot, however the connection ended.
 pub struct Session {
-    pub hub: Hub,
+    pub broker: Broker,
     pub conn: ConnId,
     pub channels: Vec<ChannelName>,
     pub identity: Arc<Identity>,
@@ -351,8 +358,8 @@ impl Session {
             .filter(|_| transport != Transport::LongPoll)
             .map(|u| Arc::new(Member { user: u.into(), info: identity.info.clone() }));
         let session = Self {
-            hub: state.hub.clone(),
-            conn: state.hub.next_conn(),
+            broker: state.broker.clone(),
+            conn: state.broker.hub().next_conn(),
             channels: Vec::new(),
             identity,
             member,
@@ -379,7 +386,7 @@ impl Session {
         };
         let mut event = serde_json::json!({
             "type": name,
-            "connection": self.hub.conn_name(self.conn),
+            "connection": self.broker.hub().conn_name(self.conn),
             "user": self.identity.user,
             "info": self.identity.info,
             "transport": self.transport,
@@ -391,20 +398,26 @@ impl Session {
     }
 
     /// Subscribes this connection to `name` and records it (emits `subscribe`).
-    pub fn subscribe(&mut self, name: &ChannelName, outbox: &Outbox, since: Since, retention: Retention) -> Subscribed {
-        let sub = self.hub.subscribe(name, outbox, since, retention);
+    pub async fn subscribe(
+        &mut self,
+        name: &ChannelName,
+        outbox: &Outbox,
+        resume: Resume,
+        retention: Retention,
+    ) -> Result<Subscribed, BrokerError> {
+        let sub = self.broker.subscribe(name, outbox, resume, retention).await?;
         if sub.added {
             self.channels.push(name.clone());
             if self.transport != "longpoll" {
                 self.emit(WebhookEvent::Subscribe, Some(name));
             }
         }
-        sub
+        Ok(sub)
     }
 
     /// Unsubscribes from `name` (emits `unsubscribe`).
     pub fn unsubscribe(&mut self, name: &ChannelName) {
-        if self.hub.unsubscribe(name, self.conn) {
+        if self.broker.hub().unsubscribe(name, self.conn) {
             self.emit(WebhookEvent::Unsubscribe, Some(name));
         }
         self.channels.retain(|c| c != name);
@@ -414,7 +427,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         for ch in &self.channels {
-            self.hub.unsubscribe(ch, self.conn);
+            self.broker.hub().unsubscribe(ch, self.conn);
         }
         if self.transport != "longpoll" {
             self.emit(WebhookEvent::Disconnect, None);

@@ -83,7 +83,8 @@ pub async fn open(
     let abort = (req.version() == http::Version::HTTP_11)
         .then(|| req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()))
         .flatten();
-    let (stream, opened) = Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort);
+    let (stream, opened) =
+        Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort).await?;
     let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
     let body = EventStream::new(state, config, stream, opened, recheck);
     let mut res = Response::new(body.boxed_unsync());
@@ -187,7 +188,8 @@ fn write_event(buf: &mut BytesMut, stream: &mut Stream, msg: &Arc<crate::hub::Me
         stream.write_cursor(buf);
         buf.extend_from_slice(b"\n");
     }
-    buf.extend_from_slice(&msg.sse_body());
+    let body = msg.sse.get_or_init(|| Bytes::from(encode_body(msg.event.as_deref(), &msg.data)));
+    buf.extend_from_slice(body);
 }
 
 impl EventStream {

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::broker::{BrokerError, Resume};
 use crate::hub::cursor::{Cursor, Epoch};
-use crate::hub::{Inbox, Message, Retention, Since, outbox_with};
+use crate::hub::{Inbox, Message, Retention, outbox_with};
 use crate::names::ChannelName;
 use crate::realtime::Session;
 
@@ -29,14 +30,14 @@ pub struct Opened {
 
 impl Stream {
     /// Subscribes `session` to `channels` (sorted, deduplicated), resuming from `cursor`.
-    pub fn open(
+    pub async fn open(
         mut session: Session,
         channels: Vec<(ChannelName, Retention)>,
         cursor: Option<&str>,
         queue: usize,
         evicted: Option<tokio_util::sync::CancellationToken>,
-    ) -> (Self, Opened) {
-        let hub = session.hub.clone();
+    ) -> Result<(Self, Opened), BrokerError> {
+        let epoch = session.broker.epoch();
         let evicted = evicted.unwrap_or_default();
         let (outbox, inbox) = outbox_with(session.conn, session.member.clone(), queue, evicted);
         // `Some(None)`: the client gave a cursor we cannot use (garbage, or one for another
@@ -47,15 +48,15 @@ impl Stream {
         let mut reset = Vec::new();
         let mut positions = Vec::with_capacity(channels.len());
         for (i, (name, retention)) in channels.into_iter().enumerate() {
-            let since = match &cursor {
-                Some(Some(c)) => Since::After { epoch: c.epoch, seq: c.positions[i] },
+            let resume = match &cursor {
+                Some(Some(c)) => Resume::After { epoch: c.epoch, seq: c.positions[i] },
                 // Unparseable or mismatched cursor: resume is impossible; say so.
-                Some(None) => Since::After { epoch: Epoch(0), seq: 0 },
-                None => Since::Live,
+                Some(None) => Resume::Invalid,
+                None => Resume::Live,
             };
-            let sub = session.subscribe(&name, &outbox, since, retention);
-            positions.push(match since {
-                Since::After { seq, .. } if sub.recovered => seq,
+            let sub = session.subscribe(&name, &outbox, resume, retention).await?;
+            positions.push(match resume {
+                Resume::After { seq, .. } if sub.recovered => seq,
                 _ => sub.position,
             });
             if !sub.recovered {
@@ -64,8 +65,9 @@ impl Stream {
             replay.extend(sub.replay);
         }
         replay.sort_by_key(|m| m.id);
-        let epoch = hub.epoch();
-        (Self { session, inbox, epoch, positions }, Opened { replay, reset })
+        // The broker may have learnt its epoch during the subscribes (redis: first use).
+        let epoch = if epoch.0 == 0 { session.broker.epoch() } else { epoch };
+        Ok((Self { session, inbox, epoch, positions }, Opened { replay, reset }))
     }
 
     /// Moves the cursor past `msg`; `false` for ephemeral messages (no id, no move).

@@ -120,8 +120,8 @@ async fn several_channels_share_one_cursor() {
     let start = poll(&server, "channel=news:b&channel=news:a&timeout=0").await;
     let cursor = start["cursor"].as_str().unwrap().to_owned();
     let e = epoch_of(&cursor).to_owned();
-    // Positions follow the sorted channel order: news:a, then news:b.
-    assert_eq!(cursor, format!("{e}.2.2"));
+    // Positions follow the sorted channel order: news:a (id 1), then news:b (id 2).
+    assert_eq!(cursor, format!("{e}.1.2"));
     let b = publish_one(&server, "news:b", json!("b")).await;
     let a = publish_one(&server, "news:a", json!("a")).await;
     let got = poll(&server, &format!("channel=news:a&channel=news:b&since={cursor}&timeout=5s")).await;

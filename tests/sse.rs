@@ -26,8 +26,10 @@ fn id_of(block: &str) -> String {
 #[tokio::test]
 async fn headers_and_first_bytes() {
     let server = TestServer::start(CONFIG).await;
-    // Publishing elsewhere first fixes the epoch and the position the stream opens at.
-    let head = publish_one(&server, "news:other", json!(1)).await;
+    // The stream opens at its channel's last id (publishes elsewhere do not move it).
+    publish_one(&server, "news:other", json!(1)).await;
+    let head = publish_one(&server, "news:a", json!(1)).await;
+    publish_one(&server, "news:other", json!(2)).await;
     let mut s = SseReader::open(&http(), &server.url("/events?channel=news:a"), &[]).await;
     let h = s.response().headers();
     assert_eq!(h["cache-control"], "no-cache");

@@ -189,7 +189,19 @@ pub struct HeartbeatConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerConfig {
     Memory,
-    Redis { url: String },
+    Redis(RedisConfig),
+}
+
+/// `broker` with `kind: redis` (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://`; with `cluster`, one seed node.
+    pub url: String,
+    pub cluster: bool,
+    /// Prefix of every key and pub/sub channel sidewire uses.
+    pub key_prefix: String,
+    /// A Redis call slower than this is a failure.
+    pub timeout: Duration,
 }
 
 /// A validated configuration.

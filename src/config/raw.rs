@@ -224,11 +224,20 @@ impl Default for RawHeartbeat {
 pub struct RawBroker {
     pub kind: String,
     pub url: String,
+    pub cluster: bool,
+    pub key_prefix: String,
+    pub timeout: Dur,
 }
 
 impl Default for RawBroker {
     fn default() -> Self {
-        Self { kind: "memory".into(), url: "redis://127.0.0.1:6379".into() }
+        Self {
+            kind: "memory".into(),
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            key_prefix: "sidewire:".into(),
+            timeout: secs(2),
+        }
     }
 }
 

@@ -341,9 +341,15 @@ fn broker(c: &mut Check<'_>, raw: RawBroker) -> BrokerConfig {
         "redis" => {
             let ok = ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| raw.url.starts_with(s));
             if !ok {
-                c.fail("broker.url", format!("{:?} must be a redis:// URL", raw.url));
+                c.fail("broker.url", format!("{:?} must be a redis:// or rediss:// URL", raw.url));
+            } else if let Err(e) = redis::Client::open(raw.url.as_str()) {
+                c.fail("broker.url", format!("{:?} is not a usable Redis URL: {e}", raw.url));
             }
-            BrokerConfig::Redis { url: raw.url }
+            if raw.key_prefix.contains(['{', '}']) || raw.key_prefix.len() > 64 {
+                c.fail("broker.key_prefix", "at most 64 characters, without { or } (they are Redis Cluster hash tags)");
+            }
+            let timeout = c.nonzero_dur("broker.timeout", raw.timeout);
+            BrokerConfig::Redis(RedisConfig { url: raw.url, cluster: raw.cluster, key_prefix: raw.key_prefix, timeout })
         }
         other => {
             c.fail("broker.kind", format!("unknown broker {other:?}; use memory or redis"));

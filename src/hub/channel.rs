@@ -32,13 +32,36 @@ pub struct Fanout {
     pub removed: u64,
 }
 
+/// What [`Channel::admit`] decided about a message numbered elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// The channel's next message: deliver it.
+    Next,
+    /// At or below the last id delivered: drop it.
+    Duplicate,
+    /// Messages after this last id are missing.
+    Gap(u64),
+}
+
+/// A subscriber and the position it joined at: messages at or below it were replayed
+/// to it already (or precede its cursor), so fan-out skips them.
+#[derive(Debug)]
+struct Sub {
+    outbox: Outbox,
+    after: u64,
+}
+
 #[derive(Debug)]
 pub struct Channel {
-    subscribers: Vec<Outbox>,
+    subscribers: Vec<Sub>,
     history: VecDeque<Arc<Message>>,
     /// Every message of this channel with `seq <= floor` may be missing from history
     /// (trimmed, expired, or published before this state existed).
     floor: u64,
+    /// The highest id delivered here (or `floor` before any).
+    last: u64,
+    /// Cache mode: whether `last` is known (see the hub's module docs).
+    synced: bool,
     /// Limits from the channel's policy, refreshed on every publish and subscribe.
     pub retention: Retention,
     /// Present users, when the policy enables presence.
@@ -54,15 +77,99 @@ impl Channel {
             subscribers: Vec::new(),
             history: VecDeque::new(),
             floor,
+            last: floor,
+            synced: true,
             retention,
             presence: retention.presence.then(Presence::default),
             pending_leaves: Vec::new(),
         }
     }
 
+    /// A cache-mode channel state whose position is not known yet.
+    pub fn unsynced(retention: Retention) -> Self {
+        Self { synced: false, ..Self::new(0, retention) }
+    }
+
     /// Messages with `seq <= floor` may be missing from history.
     pub fn floor(&self) -> u64 {
         self.floor
+    }
+
+    /// The highest id delivered here.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// `Some(last)` once synced.
+    pub fn synced(&self) -> Option<u64> {
+        self.synced.then_some(self.last)
+    }
+
+    /// Whether a message numbered elsewhere (`seq`, after `prev`) is this channel's next.
+    /// The first message of an unsynced channel syncs it: history is complete after `prev`.
+    pub fn admit(&mut self, seq: u64, prev: u64) -> Admit {
+        if !self.synced {
+            self.synced = true;
+            self.floor = prev;
+            self.last = prev;
+            return Admit::Next;
+        }
+        if seq <= self.last {
+            Admit::Duplicate
+        } else if prev == self.last || prev == 0 {
+            // `prev == 0`: the channel's counter started afresh (its keys had expired):
+            // nothing of the old numbering is left to miss.
+            Admit::Next
+        } else {
+            Admit::Gap(self.last)
+        }
+    }
+
+    /// Whether the ring alone can answer a subscribe from `since` (cache mode).
+    pub fn answers(&mut self, since: super::Since, now: Instant) -> bool {
+        if !self.synced {
+            return false;
+        }
+        self.expire(now);
+        match since {
+            super::Since::After(seq) => seq >= self.floor && seq <= self.last,
+            super::Since::Live | super::Since::Lost => true,
+        }
+    }
+
+    /// Replay for a subscribe from `since` given history read from the broker's store
+    /// (cache mode); syncs the channel at `fill.head` if it was not. Messages the
+    /// store returned beyond what this instance delivered are left to the live path.
+    pub fn fill(&mut self, since: super::Since, fill: super::Fill, now: Instant) -> (bool, Vec<Arc<Message>>) {
+        if !self.synced {
+            self.synced = true;
+            self.last = fill.head;
+            self.floor = fill.head;
+        }
+        let seq = match since {
+            super::Since::Live => return (true, Vec::new()),
+            super::Since::Lost => return (false, Vec::new()),
+            super::Since::After(seq) if seq > fill.head || !fill.complete => return (false, Vec::new()),
+            super::Since::After(seq) => seq,
+        };
+        let cut = fill.head.min(self.last);
+        let mut out: Vec<Arc<Message>> =
+            fill.after.into_iter().filter(|m| m.id.is_some_and(|id| id.seq > seq && id.seq <= cut)).collect();
+        match self.after(cut.max(seq), now) {
+            Some(tail) => {
+                out.extend(tail);
+                (true, out)
+            }
+            None => (false, Vec::new()),
+        }
+    }
+
+    /// Evicts every subscriber (their sessions resume elsewhere); returns how many.
+    pub fn evict_all(self) -> usize {
+        for s in &self.subscribers {
+            s.outbox.evict();
+        }
+        self.subscribers.len()
     }
 
     pub fn presence(&self) -> Option<&Presence> {
@@ -83,11 +190,12 @@ impl Channel {
 
     /// Adds a subscriber; `None` when it already was one, else the `join` to announce
     /// (when this is the user's first connection on a presence channel).
-    pub fn add(&mut self, name: &ChannelName, outbox: &Outbox) -> Option<Option<Arc<Message>>> {
-        if self.subscribers.iter().any(|o| o.conn == outbox.conn) {
+    /// Messages at or below `after` are not offered to it.
+    pub fn add(&mut self, name: &ChannelName, outbox: &Outbox, after: u64) -> Option<Option<Arc<Message>>> {
+        if self.subscribers.iter().any(|s| s.outbox.conn == outbox.conn) {
             return None;
         }
-        self.subscribers.push(outbox.clone());
+        self.subscribers.push(Sub { outbox: outbox.clone(), after });
         let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
             return Some(None);
         };
@@ -96,9 +204,9 @@ impl Channel {
 
     /// Removes a subscriber; `None` when it was not one, else the `leave` to announce.
     pub fn remove(&mut self, name: &ChannelName, conn: ConnId) -> Option<Option<Arc<Message>>> {
-        let i = self.subscribers.iter().position(|o| o.conn == conn)?;
-        let outbox = self.subscribers.swap_remove(i);
-        Some(self.left(name, &outbox))
+        let i = self.subscribers.iter().position(|s| s.outbox.conn == conn)?;
+        let sub = self.subscribers.swap_remove(i);
+        Some(self.left(name, &sub.outbox))
     }
 
     fn left(&mut self, name: &ChannelName, outbox: &Outbox) -> Option<Arc<Message>> {
@@ -124,6 +232,7 @@ impl Channel {
         let mut history_delta = 0i64;
         if let Some(id) = msg.id {
             debug_assert!(self.history.back().and_then(|m| m.id).is_none_or(|last| last < id));
+            self.last = self.last.max(id.seq);
             if retention.size == 0 {
                 self.floor = id.seq;
             } else {
@@ -158,7 +267,9 @@ impl Channel {
     fn offer_all(&mut self, msg: &Arc<Message>) -> Fanout {
         let mut out = Fanout::default();
         let mut dropped = Vec::new();
-        self.subscribers.retain(|o| match o.offer(msg) {
+        let seq = msg.id.map_or(0, |id| id.seq);
+        let offer = |s: &Sub| if seq != 0 && seq <= s.after { Offer::Skipped } else { s.outbox.offer(msg) };
+        self.subscribers.retain(|s| match offer(s) {
             Offer::Queued => {
                 out.delivered += 1;
                 true
@@ -167,12 +278,12 @@ impl Channel {
             Offer::Evicted => {
                 out.evicted += 1;
                 out.removed += 1;
-                dropped.push(o.clone());
+                dropped.push(s.outbox.clone());
                 false
             }
             Offer::Closed => {
                 out.removed += 1;
-                dropped.push(o.clone());
+                dropped.push(s.outbox.clone());
                 false
             }
         });

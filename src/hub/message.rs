@@ -1,15 +1,15 @@
-//! A published message, shared by every subscriber as `Arc<Message>`, with its wire
-//! frames encoded at most once per transport and cached.
+//! A published message, shared by every subscriber as `Arc<Message>`, with a slot per
+//! transport where that transport caches its encoding (so it is encoded at most once
+//! per transport). The hub never encodes: the transports fill the slots.
 
 use std::sync::OnceLock;
 use tokio::time::Instant;
 
-use bytes::Bytes;
-use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
+use super::Draft;
 use super::cursor::MessageId;
 use crate::names::ChannelName;
+use bytes::Bytes;
+use serde_json::value::RawValue;
 
 /// Identifies a connection within this instance (for `exclude_connection`).
 pub type ConnId = u64;
@@ -35,8 +35,10 @@ pub struct Message {
     pub exclude: Option<ConnId>,
     /// When it was published: history TTL counts from here.
     pub at: Instant,
-    ws: OnceLock<Utf8Bytes>,
-    sse: OnceLock<Bytes>,
+    /// The WebSocket text frame's payload, filled by the WebSocket transport.
+    pub ws: OnceLock<Bytes>,
+    /// The SSE event without its `id:` line, filled by the SSE transport.
+    pub sse: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -65,20 +67,11 @@ impl Message {
         msg
     }
 
-    pub fn with_exclude(mut self, exclude: Option<ConnId>) -> Self {
-        self.exclude = exclude;
-        self
-    }
-
-    /// The WebSocket text frame `{"type":"message",…}`, encoded once.
-    pub fn ws_frame(&self) -> Utf8Bytes {
-        self.ws.get_or_init(|| Utf8Bytes::from(crate::protocol::encode_message(self))).clone()
-    }
-
-    /// The SSE event without its `id:` line (`event:` + `data:` lines + blank line),
-    /// encoded once; the stream prefixes its own cursor.
-    pub fn sse_body(&self) -> Bytes {
-        self.sse.get_or_init(|| Bytes::from(crate::sse::encode_body(self.event.as_deref(), &self.data))).clone()
+    /// The message a draft becomes once numbered.
+    pub fn from_draft(draft: Draft, id: Option<MessageId>) -> Self {
+        let mut msg = Self::new(draft.channel, id, draft.event, draft.data);
+        msg.exclude = draft.exclude;
+        msg
     }
 
     /// The JSON object used in long-poll responses and history: `{channel,id,event?,data}`.

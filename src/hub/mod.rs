@@ -1,14 +1,26 @@
-//! The hub: this instance's channels, their subscribers and history.
+//! The hub: this instance's channels, their subscribers and history rings.
 //!
-//! Owns: the channel map (sharded by name), per-channel history rings, the id sequence
-//! of this epoch, and fan-out into each connection's bounded [`Outbox`].
-//! Does not: encode wire formats (messages cache their own frames), authorize (the
-//! caller has decided), or talk to other instances (the broker calls [`Hub::publish`]).
+//! Owns: the channel map (sharded by name), per-channel history rings, presence, and
+//! fan-out into each connection's bounded [`Outbox`].
+//! Does not: assign ids or decide which history a cursor may resume (the broker does,
+//! and passes [`Seq`] and [`Since`]), encode wire formats (messages carry plain slots the
+//! transports fill), authorize (the caller has decided), or talk to other instances.
+//!
+//! Two modes, chosen by the broker:
+//! - *authoritative* (memory broker): the rings are the history. Idle channels are
+//!   dropped, remembering their floor.
+//! - *cache* (redis broker): the rings hold what this instance has delivered since it
+//!   started listening to a channel. A channel is *synced* once the broker has told the
+//!   hub where the channel stands ([`Fill`]) or its first message arrived; until then
+//!   [`Hub::subscribe`] answers [`Unsynced`] and the broker reads history from Redis.
+//!   Messages numbered elsewhere are delivered with [`Seq::Given`]: duplicates are
+//!   dropped and a gap is reported ([`Delivery::Gap`]) for the broker to back-fill.
 //!
 //! Invariants:
 //! - Publishing never waits on a subscriber; a full outbox evicts that connection only.
-//! - A message's id is assigned under its channel's shard lock, and fan-out happens under
-//!   the same lock, so every subscriber sees a channel's messages in id order.
+//! - Fan-out happens under the channel's shard lock, after the id is known (assigned
+//!   under the same lock in memory mode, checked against the channel's last id in cache
+//!   mode), so every subscriber sees a channel's messages in id order, each once.
 //! - Subscribing reads history and registers the outbox under one lock, so a resumed or
 //!   live subscriber never misses or duplicates a message published meanwhile.
 //! - Locks are std mutexes guarding map updates only; never held across `.await`.
@@ -42,14 +54,58 @@ use crate::names::ChannelName;
 /// Shards of the channel map: enough that two cores rarely contend.
 const SHARDS: usize = 64;
 
-/// Where a subscription starts.
+/// Where a subscription starts, once the broker has checked the cursor's epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
     /// Only messages published from now on.
     Live,
-    /// Everything after this position of this epoch that history still holds.
-    After { epoch: Epoch, seq: u64 },
+    /// Everything after this seq that history still holds.
+    After(u64),
+    /// A cursor that cannot be resumed (another epoch, garbage, from the future).
+    Lost,
 }
+
+/// How the message being delivered gets its id.
+pub enum Seq<'a> {
+    /// Ephemeral: no id.
+    None,
+    /// The next value of this counter, taken under the channel lock (memory broker).
+    Next { epoch: u32, counter: &'a AtomicU64 },
+    /// Numbered elsewhere (redis broker); `prev` is the channel's id before it, `0` when
+    /// the channel's counter started afresh.
+    Given { id: MessageId, prev: u64 },
+}
+
+/// What [`Hub::deliver`] did.
+#[derive(Debug)]
+pub enum Delivery {
+    Delivered(Arc<Message>),
+    /// Already delivered (an id at or below the channel's last): dropped.
+    Duplicate,
+    /// Cache mode: no state for the channel here (nobody listens); dropped.
+    Ignored,
+    /// Cache mode: messages between the channel's last id and this one are missing;
+    /// nothing was delivered. The broker back-fills from `last` and delivers again.
+    Gap {
+        last: u64,
+    },
+}
+
+/// History the broker read from its own store for a channel (cache mode).
+#[derive(Debug)]
+pub struct Fill {
+    /// The channel's last id when the history was read (`0`: no message known).
+    pub head: u64,
+    /// The messages after the requested cursor, up to `head`, in order.
+    pub after: Vec<Arc<Message>>,
+    /// Whether `after` is everything after the cursor (nothing trimmed or expired).
+    pub complete: bool,
+}
+
+/// [`Hub::subscribe`] in cache mode without a [`Fill`], on a channel whose ring cannot
+/// answer: the broker must read history first. Nothing was registered.
+#[derive(Debug)]
+pub struct Unsynced;
 
 /// Result of a subscribe.
 #[derive(Debug)]
@@ -75,9 +131,10 @@ pub struct HubStats {
 }
 
 struct Inner {
-    epoch: Epoch,
-    /// Last id seq handed out in this epoch.
-    seq: AtomicU64,
+    /// Names this process's connections (unique across instances and restarts).
+    instance: Epoch,
+    /// Memory mode: the rings are the history.
+    authoritative: bool,
     next_conn: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Mutex<Shard>]>,
@@ -89,20 +146,26 @@ struct Inner {
 pub struct Hub(Arc<Inner>);
 
 impl Hub {
-    pub fn new(epoch: Epoch, stats: HubStats) -> Self {
+    /// A hub whose rings are the history (memory broker).
+    pub fn new(stats: HubStats) -> Self {
+        Self::with_mode(stats, true)
+    }
+
+    /// A hub whose rings cache a history kept elsewhere (redis broker).
+    pub fn cache(stats: HubStats) -> Self {
+        Self::with_mode(stats, false)
+    }
+
+    fn with_mode(stats: HubStats, authoritative: bool) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Self(Arc::new(Inner {
-            epoch,
-            seq: AtomicU64::new(0),
+            instance: Epoch::fresh(),
+            authoritative,
             next_conn: AtomicU64::new(1),
             hasher: Default::default(),
             shards,
             stats,
         }))
-    }
-
-    pub fn epoch(&self) -> Epoch {
-        self.0.epoch
     }
 
     pub fn stats(&self) -> &HubStats {
@@ -114,15 +177,16 @@ impl Hub {
         self.0.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The textual connection id shown to clients and accepted by `exclude_connection`.
+    /// The textual connection id shown to clients and accepted by `exclude_connection`:
+    /// `<instance>-<n>`, unique across instances.
     pub fn conn_name(&self, conn: ConnId) -> String {
-        format!("{}-{conn:x}", self.0.epoch)
+        format!("{}-{conn:x}", self.0.instance)
     }
 
-    /// Parses a textual connection id of this instance.
+    /// Parses a textual connection id; `None` when it is not one of this instance.
     pub fn parse_conn(&self, text: &str) -> Option<ConnId> {
-        let (epoch, n) = text.split_once('-')?;
-        (epoch == self.0.epoch.to_string()).then(|| u64::from_str_radix(n, 16).ok())?
+        let (instance, n) = text.split_once('-')?;
+        (instance == self.0.instance.to_string()).then(|| u64::from_str_radix(n, 16).ok())?
     }
 
     fn shard(&self, name: &ChannelName) -> MutexGuard<'_, Shard> {
@@ -131,19 +195,41 @@ impl Hub {
         self.0.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes on one channel: assigns the id (unless `ephemeral`), stores it in
-    /// history, and offers it to every subscriber. Never waits.
-    pub fn publish(&self, draft: Draft, retention: Retention) -> Arc<Message> {
+    /// Delivers one message on its channel: numbers it (see [`Seq`]), stores it in
+    /// history (unless ephemeral) and offers it to every subscriber. Never waits.
+    /// `retention` is the channel's policy as the publisher saw it (`None`: keep the one
+    /// the channel has, for messages from other instances).
+    pub fn deliver(&self, draft: Draft, retention: Option<Retention>, seq: Seq<'_>) -> Delivery {
         let mut shard = self.shard(&draft.channel);
-        let channel = shard.entry(&draft.channel, retention);
-        let id = (!draft.ephemeral)
-            .then(|| MessageId { epoch: self.0.epoch.0, seq: self.0.seq.fetch_add(1, Ordering::AcqRel) + 1 });
-        let msg = Arc::new(Message::new(draft.channel, id, draft.event, draft.data).with_exclude(draft.exclude));
+        let channel = match (self.0.authoritative, retention) {
+            (true, Some(r)) => shard.entry(&draft.channel, r, true),
+            _ => match shard.channels.get_mut(&draft.channel) {
+                Some(c) => {
+                    if let Some(r) = retention {
+                        c.retention = r;
+                    }
+                    c
+                }
+                None => return Delivery::Ignored,
+            },
+        };
+        let id = match seq {
+            Seq::None => None,
+            Seq::Next { epoch, counter } => Some(MessageId { epoch, seq: counter.fetch_add(1, Ordering::AcqRel) + 1 }),
+            Seq::Given { id, prev } => match channel.admit(id.seq, prev) {
+                channel::Admit::Next => Some(id),
+                channel::Admit::Duplicate => return Delivery::Duplicate,
+                channel::Admit::Gap(last) => return Delivery::Gap { last },
+            },
+        };
+        let msg = Arc::new(Message::from_draft(draft, id));
         let (fanout, history_delta) = channel.deliver(&msg);
-        shard.drop_if_idle(&msg.channel);
+        if self.0.authoritative {
+            shard.drop_if_idle(&msg.channel);
+        }
         drop(shard);
         self.count(fanout, history_delta);
-        msg
+        Delivery::Delivered(msg)
     }
 
     fn count(&self, fanout: Fanout, history_delta: i64) {
@@ -163,28 +249,48 @@ impl Hub {
         s.subscriptions.dec_by(fanout.removed as i64);
     }
 
-    /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.
-    pub fn subscribe(&self, channel: &ChannelName, outbox: &Outbox, since: Since, retention: Retention) -> Subscribed {
+    /// Cache mode: makes sure `channel` has a state here, so messages arriving from now
+    /// on are kept (they sync it) while the broker reads its history.
+    pub fn prepare(&self, channel: &ChannelName, retention: Retention) {
         let mut shard = self.shard(channel);
-        let head = self.0.seq.load(Ordering::Acquire);
-        let state = shard.entry(channel, retention);
+        shard.entry(channel, retention, self.0.authoritative);
+    }
+
+    /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.
+    /// In cache mode without `fill`, answers from the ring only when the channel is
+    /// synced and its ring covers `since`; otherwise [`Unsynced`].
+    pub fn subscribe(
+        &self,
+        channel: &ChannelName,
+        outbox: &Outbox,
+        since: Since,
+        retention: Retention,
+        fill: Option<Fill>,
+    ) -> Result<Subscribed, Unsynced> {
+        let mut shard = self.shard(channel);
+        let now = Instant::now();
+        if !self.0.authoritative
+            && fill.is_none()
+            && !shard.channels.get_mut(channel).is_some_and(|c| c.answers(since, now))
+        {
+            return Err(Unsynced);
+        }
+        let state = shard.entry(channel, retention, self.0.authoritative);
         let before = state.history_len();
-        let (recovered, replay) = match since {
-            Since::Live => (true, Vec::new()),
-            Since::After { epoch, seq } if epoch == self.0.epoch && seq <= head => {
-                match state.after(seq, Instant::now()) {
-                    Some(replay) => (true, replay),
-                    None => (false, Vec::new()),
-                }
-            }
-            Since::After { .. } => (false, Vec::new()),
+        let (recovered, replay) = match fill {
+            None => match since {
+                Since::Live => (true, Vec::new()),
+                Since::Lost => (false, Vec::new()),
+                Since::After(seq) => state.after(seq, now).map_or((false, Vec::new()), |r| (true, r)),
+            },
+            Some(fill) => state.fill(since, fill, now),
         };
         let position = match (since, recovered) {
-            (Since::After { seq, .. }, true) => replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq),
-            _ => head,
+            (Since::After(seq), true) => replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq),
+            _ => state.last(),
         };
-        let expired = before - state.history_len();
-        let joined = state.add(channel, outbox);
+        let expired = before.saturating_sub(state.history_len());
+        let joined = state.add(channel, outbox, position);
         let added = joined.is_some();
         let mut fanout = Fanout::default();
         if let Some(Some(join)) = &joined {
@@ -198,11 +304,11 @@ impl Hub {
             self.0.stats.subscriptions.inc();
         }
         self.count_fanout(fanout);
-        Subscribed { recovered, replay, position, added }
+        Ok(Subscribed { recovered, replay, position, added })
     }
 
     /// Removes `conn` from `channel` (announcing `leave` if it was its user's last
-    /// connection there); drops the channel state when nothing is left.
+    /// connection there); drops the channel state when nothing is left (memory mode).
     pub fn unsubscribe(&self, channel: &ChannelName, conn: ConnId) -> bool {
         let mut shard = self.shard(channel);
         let Some(state) = shard.channels.get_mut(channel) else {
@@ -213,13 +319,77 @@ impl Hub {
             Some(Some(leave)) => state.fan_out(leave),
             _ => Fanout::default(),
         };
-        shard.drop_if_idle(channel);
+        if self.0.authoritative {
+            shard.drop_if_idle(channel);
+        }
         drop(shard);
         if removed.is_some() {
             self.0.stats.subscriptions.dec();
         }
         self.count_fanout(fanout);
         removed.is_some()
+    }
+
+    /// Cache mode: forgets `channel` if nobody here subscribes to it any more (the broker
+    /// then stops listening to it). `false` when it still has subscribers.
+    pub fn forget(&self, channel: &ChannelName) -> bool {
+        let mut shard = self.shard(channel);
+        if shard.channels.get(channel).is_some_and(|c| c.subscribers() > 0) {
+            return false;
+        }
+        if let Some(state) = shard.channels.remove(channel) {
+            drop(shard);
+            self.0.stats.history.dec_by(state.history_len() as i64);
+        }
+        true
+    }
+
+    /// Cache mode: the history of `channel` cannot be completed (trimmed before the
+    /// back-fill, or the store lost it). Its subscribers are evicted (they resume from
+    /// their cursors and are told what was lost) and the channel becomes unsynced.
+    pub fn lose(&self, channel: &ChannelName) {
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.channels.remove(channel) else { return };
+        drop(shard);
+        self.0.stats.history.dec_by(state.history_len() as i64);
+        let n = state.evict_all();
+        self.0.stats.subscriptions.dec_by(n as i64);
+    }
+
+    /// Cache mode: every channel's history is gone (the store restarted empty): evicts
+    /// every subscriber and forgets every channel.
+    pub fn lose_all(&self) {
+        for name in self.names() {
+            self.lose(&name);
+        }
+    }
+
+    /// Synced channels and the last id delivered on each (cache mode back-fills).
+    pub fn positions(&self) -> Vec<(ChannelName, u64, Retention)> {
+        let mut out = Vec::new();
+        for shard in self.0.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(
+                shard.channels.iter().filter_map(|(n, c)| c.synced().map(|last| (n.clone(), last, c.retention))),
+            );
+        }
+        out
+    }
+
+    /// Cache mode: where a synced channel stands (its last id) and its retention.
+    pub fn position(&self, channel: &ChannelName) -> Option<(u64, Retention)> {
+        let shard = self.shard(channel);
+        shard.channels.get(channel).and_then(|c| c.synced().map(|last| (last, c.retention)))
+    }
+
+    /// Every channel with a state here.
+    pub fn names(&self) -> Vec<ChannelName> {
+        let mut out = Vec::new();
+        for shard in self.0.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(shard.channels.keys().cloned());
+        }
+        out
     }
 
     /// Present users of `channel`: `None` when presence is not enabled there (or nobody
@@ -229,13 +399,14 @@ impl Hub {
         shard.channels.get(channel).and_then(|c| c.presence()).map(|p| p.list())
     }
 
-    /// Expires old history everywhere and forgets idle channels. Called periodically.
+    /// Expires old history everywhere and forgets idle channels (memory mode). Called
+    /// periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut expired = 0usize;
         for shard in self.0.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            expired += shard.sweep(now);
+            expired += shard.sweep(now, self.0.authoritative);
         }
         if expired > 0 {
             self.0.stats.history.dec_by(expired as i64);
@@ -273,12 +444,17 @@ struct Shard {
 
 impl Shard {
     /// The state of `name`, created from its remembered floor when needed.
-    fn entry(&mut self, name: &ChannelName, retention: Retention) -> &mut Channel {
+    /// In cache mode (`authoritative` false) a new state is unsynced.
+    fn entry(&mut self, name: &ChannelName, retention: Retention, authoritative: bool) -> &mut Channel {
         if !self.channels.contains_key(name) {
-            let floor = self.dropped.remove(name).unwrap_or(self.forgotten);
-            self.channels.insert(name.clone(), Channel::new(floor, retention));
+            let state = if authoritative {
+                Channel::new(self.dropped.remove(name).unwrap_or(self.forgotten), retention)
+            } else {
+                Channel::unsynced(retention)
+            };
+            self.channels.insert(name.clone(), state);
         }
-        let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::new(0, retention));
+        let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::unsynced(retention));
         channel.retention = retention;
         channel
     }
@@ -307,12 +483,12 @@ impl Shard {
     }
 
     /// Expires history and drops idle channels; returns how many messages expired.
-    fn sweep(&mut self, now: Instant) -> usize {
+    fn sweep(&mut self, now: Instant, authoritative: bool) -> usize {
         let mut expired = 0;
         let mut idle = Vec::new();
         for (name, ch) in &mut self.channels {
             expired += ch.expire(now);
-            if ch.is_idle() {
+            if authoritative && ch.is_idle() {
                 idle.push(name.clone());
             }
         }

@@ -4,8 +4,35 @@ use std::time::Duration;
 
 use super::*;
 
-fn hub() -> Hub {
-    Hub::new(Epoch(77), HubStats::default())
+/// An authoritative hub with the memory broker's numbering, for tests.
+struct Numbered {
+    hub: Hub,
+    seq: AtomicU64,
+}
+
+impl std::ops::Deref for Numbered {
+    type Target = Hub;
+    fn deref(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Numbered {
+    fn publish(&self, draft: Draft, retention: Retention) -> Arc<Message> {
+        let seq = if draft.ephemeral { Seq::None } else { Seq::Next { epoch: 77, counter: &self.seq } };
+        match self.hub.deliver(draft, Some(retention), seq) {
+            Delivery::Delivered(m) => m,
+            other => panic!("authoritative hubs deliver: {other:?}"),
+        }
+    }
+
+    fn subscribe(&self, channel: &ChannelName, outbox: &Outbox, since: Since, retention: Retention) -> Subscribed {
+        self.hub.subscribe(channel, outbox, since, retention, None).unwrap()
+    }
+}
+
+fn hub() -> Numbered {
+    Numbered { hub: Hub::new(HubStats::default()), seq: AtomicU64::new(0) }
 }
 
 fn ch(name: &str) -> ChannelName {
@@ -42,17 +69,17 @@ fn resume_replays_after_cursor_and_detects_gaps() {
     let ids: Vec<MessageId> = (0..5).map(|n| hub.publish(draft("a", n), KEEP).id.unwrap()).collect();
     // History holds the last 3 (ids[2..]); resuming after ids[1] is complete.
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: ids[1].seq }, KEEP);
+    let sub = hub.subscribe(&ch("a"), &o, Since::After(ids[1].seq), KEEP);
     assert!(sub.recovered);
     assert_eq!(sub.replay.iter().map(|m| m.id.unwrap()).collect::<Vec<_>>(), ids[2..].to_vec());
     // After ids[0]: ids[1] was trimmed, so the gap cannot be filled.
     let (o2, _i2) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(&ch("a"), &o2, Since::After { epoch: Epoch(77), seq: ids[0].seq }, KEEP);
+    let sub = hub.subscribe(&ch("a"), &o2, Since::After(ids[0].seq), KEEP);
     assert!(!sub.recovered);
     assert!(sub.replay.is_empty());
-    // Another epoch (a restart) is never resumable.
+    // A cursor the broker could not place (another epoch) is never resumable.
     let (o3, _i3) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(&ch("a"), &o3, Since::After { epoch: Epoch(1), seq: 4 }, KEEP);
+    let sub = hub.subscribe(&ch("a"), &o3, Since::Lost, KEEP);
     assert!(!sub.recovered);
 }
 
@@ -63,7 +90,7 @@ fn ephemeral_messages_have_no_id_and_no_history() {
     d.ephemeral = true;
     assert!(hub.publish(d, KEEP).id.is_none());
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: 0 }, KEEP);
+    let sub = hub.subscribe(&ch("a"), &o, Since::After(0), KEEP);
     assert!(sub.recovered);
     assert!(sub.replay.is_empty());
 }
@@ -77,7 +104,7 @@ async fn history_expires_after_ttl() {
     tokio::time::advance(Duration::from_secs(61)).await;
     hub.sweep();
     let (o, _i) = outbox(hub.next_conn(), None, 16);
-    let sub = hub.subscribe(&ch("a"), &o, Since::After { epoch: Epoch(77), seq: first.seq - 1 }, short);
+    let sub = hub.subscribe(&ch("a"), &o, Since::After(first.seq - 1), short);
     assert!(!sub.recovered, "expired history cannot fill the gap");
 }
 
@@ -165,5 +192,94 @@ fn a_gone_session_leaves_the_subscription_count() {
     drop(inbox);
     hub.publish(draft("a", 1), KEEP);
     assert!(hub.channels().is_empty());
+    assert_eq!(hub.stats().subscriptions.get(), 0);
+}
+
+fn given(channel: &str, n: u32) -> (Draft, Option<Retention>) {
+    (draft(channel, n), None)
+}
+
+fn id(seq: u64) -> MessageId {
+    MessageId { epoch: 9, seq }
+}
+
+#[tokio::test]
+async fn cache_mode_delivers_in_order_once_and_reports_gaps() {
+    let hub = Hub::cache(HubStats::default());
+    let a = ch("a");
+    let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
+    // Nothing known about "a": the broker must read history first.
+    assert!(hub.subscribe(&a, &o, Since::Live, KEEP, None).is_err());
+    assert!(matches!(hub.deliver(draft("a", 0), None, Seq::Given { id: id(5), prev: 4 }), Delivery::Ignored));
+    hub.prepare(&a, KEEP);
+    let fill = Fill { head: 10, after: Vec::new(), complete: true };
+    let sub = hub.subscribe(&a, &o, Since::Live, KEEP, Some(fill)).unwrap();
+    assert_eq!(sub.position, 10);
+    let (d, r) = given("a", 1);
+    assert!(matches!(hub.deliver(d, r, Seq::Given { id: id(11), prev: 10 }), Delivery::Delivered(_)));
+    let (d, r) = given("a", 1);
+    assert!(matches!(hub.deliver(d, r, Seq::Given { id: id(11), prev: 10 }), Delivery::Duplicate));
+    let (d, r) = given("a", 3);
+    assert!(matches!(hub.deliver(d, r, Seq::Given { id: id(13), prev: 12 }), Delivery::Gap { last: 11 }));
+    let (d, r) = given("a", 2);
+    assert!(matches!(hub.deliver(d, r, Seq::Given { id: id(12), prev: 11 }), Delivery::Delivered(_)));
+    // A counter that started afresh (prev 0) continues the channel.
+    let (d, r) = given("a", 4);
+    assert!(matches!(hub.deliver(d, r, Seq::Given { id: id(5000), prev: 0 }), Delivery::Delivered(_)));
+    let got: Vec<u64> = [inbox.recv().await, inbox.recv().await, inbox.recv().await]
+        .into_iter()
+        .map(|m| m.unwrap().id.unwrap().seq)
+        .collect();
+    assert_eq!(got, vec![11, 12, 5000]);
+    assert_eq!(hub.position(&a).map(|p| p.0), Some(5000));
+    // The ring answers a resume it covers without the broker.
+    let (o2, _i2) = outbox(hub.next_conn(), None, 16);
+    let sub = hub.subscribe(&a, &o2, Since::After(11), KEEP, None).unwrap();
+    assert!(sub.recovered);
+    assert_eq!(sub.replay.iter().map(|m| m.id.unwrap().seq).collect::<Vec<_>>(), vec![12, 5000]);
+}
+
+#[tokio::test]
+async fn a_fill_beyond_what_arrived_here_is_not_replayed_twice() {
+    let hub = Hub::cache(HubStats::default());
+    let a = ch("a");
+    let (first, _fi) = outbox(hub.next_conn(), None, 16);
+    hub.prepare(&a, KEEP);
+    hub.subscribe(&a, &first, Since::Live, KEEP, Some(Fill { head: 3, after: Vec::new(), complete: true })).unwrap();
+    // Redis already holds 4 and 5; pub/sub has not brought them here yet.
+    let stored: Vec<Arc<Message>> =
+        [4, 5].iter().map(|&s| Arc::new(Message::from_draft(draft("a", s as u32), Some(id(s))))).collect();
+    let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
+    let fill = Fill { head: 5, after: stored, complete: true };
+    let sub = hub.subscribe(&a, &o, Since::After(3), KEEP, Some(fill)).unwrap();
+    assert!(sub.recovered);
+    assert!(sub.replay.is_empty(), "4 and 5 come live");
+    for (s, prev) in [(4, 3), (5, 4)] {
+        let (d, r) = given("a", s as u32);
+        hub.deliver(d, r, Seq::Given { id: id(s), prev });
+    }
+    assert_eq!(inbox.recv().await.unwrap().id.unwrap().seq, 4);
+    assert_eq!(inbox.recv().await.unwrap().id.unwrap().seq, 5);
+    // A subscriber whose cursor is ahead of this instance skips what it has seen.
+    let (o3, mut i3) = outbox(hub.next_conn(), None, 16);
+    hub.subscribe(&a, &o3, Since::After(7), KEEP, Some(Fill { head: 7, after: Vec::new(), complete: true })).unwrap();
+    for (s, prev) in [(6, 5), (7, 6), (8, 7)] {
+        let (d, r) = given("a", s as u32);
+        hub.deliver(d, r, Seq::Given { id: id(s), prev });
+    }
+    assert_eq!(i3.recv().await.unwrap().id.unwrap().seq, 8);
+}
+
+#[test]
+fn losing_a_channel_evicts_its_subscribers() {
+    let hub = Hub::cache(HubStats::default());
+    let a = ch("a");
+    let (o, inbox) = outbox(hub.next_conn(), None, 16);
+    hub.prepare(&a, KEEP);
+    hub.subscribe(&a, &o, Since::Live, KEEP, Some(Fill { head: 0, after: Vec::new(), complete: true })).unwrap();
+    assert!(!hub.forget(&a), "still subscribed");
+    hub.lose(&a);
+    assert!(inbox.evicted().is_cancelled());
+    assert!(hub.position(&a).is_none());
     assert_eq!(hub.stats().subscriptions.get(), 0);
 }

@@ -230,7 +230,7 @@ async fn next_reply(replies: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<S
 impl Conn {
     /// `welcome`, then the route's own channels.
     async fn start(&mut self) -> Result<(), End> {
-        let conn_name = self.ctx.state.hub.conn_name(self.session.conn);
+        let conn_name = self.ctx.state.broker.hub().conn_name(self.session.conn);
         let body = serde_json::json!({ "user": self.session.identity.user, "connection": conn_name });
         self.send(protocol::encode("welcome", body, None)).await?;
         for template in self.ctx.route.channels.clone() {
@@ -299,7 +299,7 @@ impl Conn {
             while let Some(msg) = next.take() {
                 // Messages queued before an unsubscribe are not delivered after it.
                 if session.channels.contains(&msg.channel) {
-                    ws.feed(Frame::Text(msg.ws_frame())).await?;
+                    ws.feed(text_frame(&msg)).await?;
                 }
                 n += 1;
                 if n < BATCH {
@@ -391,10 +391,20 @@ impl Conn {
         let ws = &mut self.ws;
         let write = async move {
             for msg in messages {
-                ws.feed(Frame::Text(msg.ws_frame())).await?;
+                ws.feed(text_frame(&msg)).await?;
             }
             ws.flush().await
         };
         bounded(&self.interrupt, timeout, write).await
     }
+}
+
+/// The message's text frame. Encoded once per message into its `ws` slot and shared by
+/// every subscriber; sent as a raw frame because the JSON we encoded is UTF-8 already
+/// (a `Text` message would be validated again for each subscriber).
+fn text_frame(msg: &Message) -> Frame {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as Raw;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let payload = msg.ws.get_or_init(|| bytes::Bytes::from(protocol::encode_message(msg))).clone();
+    Frame::Frame(Raw::message(payload, OpCode::Data(Data::Text), true))
 }

@@ -9,8 +9,8 @@ use serde_json::value::RawValue;
 
 use super::{Conn, End};
 use crate::State;
+use crate::broker::Resume;
 use crate::config::{ClientPublish, Config};
-use crate::hub::Since;
 use crate::hub::cursor::{Epoch, MessageId};
 use crate::names::ChannelName;
 use crate::protocol::{self, ClientMsg, ErrorCode};
@@ -22,17 +22,17 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ChannelError {
 }
 
 /// Where `since` points; an unreadable cursor resumes nothing (`recovered: false`).
-fn since(text: Option<&str>) -> Since {
+fn since(text: Option<&str>) -> Resume {
     match text.map(MessageId::parse) {
-        None => Since::Live,
-        Some(Some(id)) => Since::After { epoch: Epoch(id.epoch), seq: id.seq },
-        Some(None) => Since::After { epoch: Epoch(0), seq: 0 },
+        None => Resume::Live,
+        Some(Some(id)) => Resume::After { epoch: Epoch(id.epoch), seq: id.seq },
+        Some(None) => Resume::Invalid,
     }
 }
 
 /// `[{user, connections}]` of a presence channel.
 fn users(state: &State, name: &ChannelName) -> Vec<serde_json::Value> {
-    let list = state.hub.presence(name).unwrap_or_default();
+    let list = state.broker.hub().presence(name).unwrap_or_default();
     list.into_iter().map(|(user, n, _)| json!({ "user": &*user, "connections": n })).collect()
 }
 
@@ -82,14 +82,17 @@ impl Conn {
                 .await;
         }
         let from = since(since_text);
-        let sub = self.session.subscribe(&name, &self.outbox, from, retention);
+        let sub = match self.session.subscribe(&name, &self.outbox, from, retention).await {
+            Ok(sub) => sub,
+            Err(e) => return self.refused(e.into(), r).await,
+        };
         // Where this subscription stands before the replay: a client that sees no message
         // before its next reconnect resumes from here without a gap (extension to §4).
         let position = match from {
-            Since::After { seq, .. } if sub.recovered => seq,
+            Resume::After { seq, .. } if sub.recovered => seq,
             _ => sub.position,
         };
-        let cursor = MessageId { epoch: self.ctx.state.hub.epoch().0, seq: position };
+        let cursor = MessageId { epoch: self.ctx.state.broker.epoch().0, seq: position };
         let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered, "cursor": cursor.to_string() });
         if retention.presence {
             body["presence"] = users(&self.ctx.state, &name).into();
@@ -149,7 +152,7 @@ impl Conn {
                 self.refused(refuse(ErrorCode::Forbidden, format!("clients may not publish on {name}")), r).await
             }
             ClientPublish::Broadcast => {
-                let frame = match realtime::publish(&self.ctx.state, draft, retention) {
+                let frame = match realtime::publish(&self.ctx.state, draft, retention).await {
                     Ok(id) => protocol::encode(
                         "published",
                         json!({ "channel": name.as_str(), "id": id.map(|i| i.to_string()) }),
@@ -181,7 +184,7 @@ impl Conn {
         let data_value: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
         let mut body = json!({
             "type": "message",
-            "connection": self.ctx.state.hub.conn_name(self.session.conn),
+            "connection": self.ctx.state.broker.hub().conn_name(self.session.conn),
             "user": identity.user,
             "info": identity.info,
             "channel": name.as_str(),
@@ -196,14 +199,14 @@ impl Conn {
         let reference = r.map(ToOwned::to_owned);
         self.ctx.state.shutdown.spawn(async move {
             let reply = webhook::post(&state, &body).await;
-            permit.send(webhook_outcome(&state, &config, &channel, reply, reference.as_deref()));
+            permit.send(webhook_outcome(&state, &config, &channel, reply, reference.as_deref()).await);
         });
         Ok(())
     }
 }
 
 /// The frame that answers a client publish once the backend has decided.
-fn webhook_outcome(
+async fn webhook_outcome(
     state: &State,
     config: &Config,
     channel: &ChannelName,
@@ -213,7 +216,7 @@ fn webhook_outcome(
     match reply {
         Reply::Accepted(answer) => {
             let ids = match answer.get("publish") {
-                Some(list) => match crate::publish::publish_list(state, config, list) {
+                Some(list) => match crate::publish::publish_list(state, config, list).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "backend webhook answered an unusable publish list");

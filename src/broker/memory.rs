@@ -1,0 +1,130 @@
+//! The memory broker: one instance, history in the hub's rings.
+//!
+//! Ids are `<epoch>.<seq>` with one counter per process shared by every channel, taken
+//! under the channel's hub lock (so a channel's ids rise in fan-out order and a dropped
+//! idle channel never reuses one). A restart is a new epoch: old cursors get a reset.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{BrokerError, Ids, Outgoing, Resume};
+use crate::hub::cursor::Epoch;
+use crate::hub::{Delivery, Hub, Outbox, Retention, Seq, Since, Subscribed};
+use crate::names::ChannelName;
+
+/// How long an idempotency key is remembered (SPEC §7).
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
+/// Most idempotency keys remembered; the oldest are forgotten first beyond this.
+const IDEMPOTENCY_MAX: usize = 100_000;
+
+pub struct Memory {
+    hub: Hub,
+    epoch: Epoch,
+    /// The last seq handed out in this epoch.
+    seq: AtomicU64,
+    idempotency: Mutex<Remembered>,
+}
+
+/// Answers to idempotent publishes: hashed key → (fingerprint, ids).
+#[derive(Default)]
+struct Remembered {
+    ids: HashMap<String, (String, Ids)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Remembered {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < IDEMPOTENCY_TTL && self.order.len() <= IDEMPOTENCY_MAX {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.ids.remove(&key);
+            }
+        }
+    }
+}
+
+impl Memory {
+    pub fn new(hub: Hub) -> Self {
+        Self::with_epoch(hub, Epoch::fresh())
+    }
+
+    pub fn with_epoch(hub: Hub, epoch: Epoch) -> Self {
+        Self { hub, epoch, seq: AtomicU64::new(0), idempotency: Mutex::default() }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Never waits: delivery is synchronous, and everything was checked before.
+    pub fn publish(&self, items: Vec<Outgoing>) -> Result<Vec<Ids>, BrokerError> {
+        // Check every key first, so a conflict publishes nothing of the batch.
+        let mut remembered = self.idempotency.lock().unwrap_or_else(PoisonError::into_inner);
+        remembered.expire(Instant::now());
+        for item in &items {
+            if let Some(idem) = &item.idempotency
+                && let Some((fingerprint, _)) = remembered.ids.get(&idem.key)
+                && *fingerprint != idem.fingerprint
+            {
+                return Err(BrokerError::Conflict(idem.shown.clone()));
+            }
+        }
+        // Held through the (synchronous, non-blocking) deliveries below so two concurrent
+        // retries of one key cannot both deliver.
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(idem) = &item.idempotency
+                && let Some((_, ids)) = remembered.ids.get(&idem.key)
+            {
+                out.push(ids.clone());
+                continue;
+            }
+            let ids: Ids = item.drafts.into_iter().map(|(draft, retention)| self.deliver(draft, retention)).collect();
+            if let Some(idem) = item.idempotency {
+                remembered.ids.insert(idem.key.clone(), (idem.fingerprint, ids.clone()));
+                remembered.order.push_back((Instant::now(), idem.key));
+            }
+            out.push(ids);
+        }
+        Ok(out)
+    }
+
+    fn deliver(&self, draft: crate::hub::Draft, retention: Retention) -> Option<crate::hub::cursor::MessageId> {
+        let seq = if draft.ephemeral { Seq::None } else { Seq::Next { epoch: self.epoch.0, counter: &self.seq } };
+        match self.hub.deliver(draft, Some(retention), seq) {
+            Delivery::Delivered(msg) => msg.id,
+            // Authoritative hubs deliver every message.
+            Delivery::Duplicate | Delivery::Ignored | Delivery::Gap { .. } => None,
+        }
+    }
+
+    pub fn subscribe(
+        &self,
+        channel: &ChannelName,
+        outbox: &Outbox,
+        resume: Resume,
+        retention: Retention,
+    ) -> Subscribed {
+        let since = match resume {
+            Resume::Live => Since::Live,
+            // A cursor from the future was not handed out by this process.
+            Resume::After { epoch, seq } if epoch == self.epoch && seq <= self.seq.load(Ordering::Acquire) => {
+                Since::After(seq)
+            }
+            Resume::After { .. } | Resume::Invalid => Since::Lost,
+        };
+        match self.hub.subscribe(channel, outbox, since, retention, None) {
+            Ok(sub) => sub,
+            // An authoritative hub always answers; keep the type honest anyway.
+            Err(_) => Subscribed { recovered: false, replay: Vec::new(), position: 0, added: false },
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The Redis side of the redis broker: key layout and the two Lua scripts that make a
+//! publish and a history read atomic.
+//!
+//! Keys (every one under `broker.key_prefix`, `{…}` a Redis Cluster hash tag so one
+//! channel's keys and pub/sub channel live on one shard):
+//! - `<p>epoch`: the history epoch, a random number set once. Redis restarted empty has
+//!   none, so the next script call sets a new one and every old cursor reads as lost.
+//! - `<p>{<channel>}:seq`: the channel's last id (INCR).
+//! - `<p>{<channel>}:log`: the channel's history, a stream with entry ids `<seq>-0` and
+//!   fields `p` (the previous id) and `m` (the message envelope).
+//! - `<p>{<channel>}`: the pub/sub channel; payload `<epoch> <seq> <prev> <envelope>`.
+//! - `<p>idem:<sha256(key)>`: `<fingerprint>|<ids>` for 5 minutes.
+//!
+//! Why the order holds by construction: the publish script numbers, appends and
+//! publishes in one atomic step, so Redis emits a channel's messages on pub/sub in id
+//! order, each carrying the id before it (`prev`). A receiver delivers a message only
+//! when `prev` is the last id it delivered on that channel; anything else is a duplicate
+//! (dropped) or a gap, back-filled from the stream before delivery goes on.
+
+use redis::Script;
+
+/// Publishes messages atomically.
+///
+/// KEYS: `epoch`, then per message `seq`, `log`, then per idempotent item its key.
+/// ARGV: `epoch candidate`, `idem ttl s`, `n items`, then per item
+/// `n messages, idem key index (0 = none), fingerprint`, then per message
+/// `pub/sub channel, history size, ttl ms, ephemeral 0/1, envelope`.
+/// Returns `{epoch, conflict index (0 = none), per item "<ids comma separated>"}`.
+/// A fresh counter starts at the clock in microseconds (and above the log's last id), so
+/// an id is never reused within an epoch even after a quiet channel's keys expired.
+const PUBLISH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local ttl_idem = tonumber(ARGV[2])
+local nitems = tonumber(ARGV[3])
+-- First pass: idempotency conflicts publish nothing.
+local a = 4
+for i = 1, nitems do
+  local nmsg, ki, fp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  if ki > 0 then
+    local seen = redis.call('GET', KEYS[ki])
+    if seen and string.sub(seen, 1, #fp) ~= fp then
+      return {epoch, i, {}}
+    end
+  end
+  a = a + 3 + nmsg * 5
+end
+local out = {}
+local k = 2
+a = 4
+for i = 1, nitems do
+  local nmsg, ki, fp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  a = a + 3
+  local seen = false
+  if ki > 0 then seen = redis.call('GET', KEYS[ki]) end
+  if seen then
+    out[i] = string.sub(seen, #fp + 2)
+    a = a + nmsg * 5
+    k = k + nmsg * 2
+  else
+    local ids = {}
+    for m = 1, nmsg do
+      local chan, size, ttl, eph, env =
+        ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
+      local seqk, logk = KEYS[k], KEYS[k + 1]
+      a = a + 5
+      k = k + 2
+      if eph == '1' then
+        redis.call('PUBLISH', chan, epoch .. ' 0 0 ' .. env)
+        ids[m] = '0'
+      else
+        local seq = redis.call('INCR', seqk)
+        local prev = seq - 1
+        if seq == 1 then
+          local t = redis.call('TIME')
+          seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+          local top = redis.call('XREVRANGE', logk, '+', '-', 'COUNT', 1)
+          if top[1] then
+            local last = tonumber(string.match(top[1][1], '^(%d+)'))
+            if last >= seq then seq = last + 1 end
+          end
+          redis.call('SET', seqk, string.format('%.0f', seq))
+          prev = 0
+        end
+        local s, p = string.format('%.0f', seq), string.format('%.0f', prev)
+        redis.call('PEXPIRE', seqk, ttl)
+        if size > 0 then
+          redis.call('XADD', logk, 'MAXLEN', size, s .. '-0', 'p', p, 'm', env)
+          redis.call('PEXPIRE', logk, ttl)
+        end
+        redis.call('PUBLISH', chan, epoch .. ' ' .. s .. ' ' .. p .. ' ' .. env)
+        ids[m] = s
+      end
+    end
+    out[i] = table.concat(ids, ',')
+    if ki > 0 then
+      redis.call('SET', KEYS[ki], fp .. '|' .. out[i], 'EX', ttl_idem)
+    end
+  end
+end
+return {epoch, 0, out}
+";
+
+/// Reads where a channel stands and, optionally, its history after a position.
+///
+/// KEYS: `epoch`, `seq`, `log`. ARGV: `epoch candidate`, `after` (-1: head only), `count`.
+/// Returns `{epoch, head, entries}` with entries as XRANGE gives them.
+const READ: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local head = redis.call('GET', KEYS[2]) or '0'
+if ARGV[2] == '-1' then
+  return {epoch, head, {}}
+end
+local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+return {epoch, head, entries}
+";
+
+/// The scripts, hashed once.
+pub struct Scripts {
+    pub publish: Script,
+    pub read: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self { publish: Script::new(PUBLISH), read: Script::new(READ) }
+    }
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    pub fn seq(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}:seq", self.prefix)
+    }
+
+    pub fn log(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}:log", self.prefix)
+    }
+
+    pub fn pubsub(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}", self.prefix)
+    }
+
+    pub fn idempotency(&self, hashed: &str) -> String {
+        format!("{}idem:{hashed}", self.prefix)
+    }
+
+    /// The sidewire channel a pub/sub channel name carries, if it is one of ours.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub.strip_prefix(self.prefix.as_str())?.strip_prefix('{')?.strip_suffix('}')
+    }
+}
+
+/// A pub/sub payload: `<epoch> <seq> <prev> <envelope>`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Wire<'a> {
+    pub epoch: u32,
+    pub seq: u64,
+    pub prev: u64,
+    pub envelope: &'a str,
+}
+
+impl<'a> Wire<'a> {
+    pub fn parse(payload: &'a str) -> Option<Self> {
+        let mut parts = payload.splitn(4, ' ');
+        let epoch = parts.next()?.parse().ok()?;
+        let seq = parts.next()?.parse().ok()?;
+        let prev = parts.next()?.parse().ok()?;
+        Some(Self { epoch, seq, prev, envelope: parts.next()? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag_per_channel() {
+        let k = Keys::new("sw:");
+        assert_eq!(k.seq("room:1"), "sw:{room:1}:seq");
+        assert_eq!(k.log("room:1"), "sw:{room:1}:log");
+        assert_eq!(k.pubsub("room:1"), "sw:{room:1}");
+        assert_eq!(k.channel_of("sw:{room:1}"), Some("room:1"));
+        assert_eq!(k.channel_of("other:{room:1}"), None);
+    }
+
+    #[test]
+    fn wire() {
+        let w = Wire::parse(r#"77 1733331234567890 0 {"d":1}"#).unwrap();
+        assert_eq!((w.epoch, w.seq, w.prev, w.envelope), (77, 1_733_331_234_567_890, 0, r#"{"d":1}"#));
+        assert!(Wire::parse("77 1 0").is_none());
+        assert!(Wire::parse("x 1 0 {}").is_none());
+    }
+}
