@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod realtime;
+pub mod redis;
 pub mod ws;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,321 @@
+//! Many instances on one Redis (SPEC §10), against a real `redis-server` per test: every
+//! subscriber on every instance gets each message once and in id order, cursors resume
+//! on any instance, idempotency keys hold across instances, and Redis faults (killed,
+//! hung, pub/sub connection killed, restarted empty) are survived as the spec says.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::realtime::{eventually, metric, metrics, sse, within};
+use support::redis::RedisServer;
+use support::ws::WsClient;
+use support::{TestServer, http};
+
+/// Anonymous clients on public channels with history; the broker on `redis`.
+fn config(redis: &RedisServer) -> String {
+    format!(
+        r#"
+auth: {{ anonymous: true }}
+channels:
+  - {{ match: "room:*", public: true, client_publish: broadcast, history: {{ size: 100, ttl: 1h }}, ephemeral: [typing] }}
+broker: {{ kind: redis, url: "{}", key_prefix: "t:", timeout: 500ms }}
+limits: {{ client_rate: {{ per_second: 1000, burst: 1000 }} }}
+"#,
+        redis.url()
+    )
+}
+
+async fn ready(server: &TestServer) {
+    eventually("/readyz 200", || async {
+        let res = http().get(server.admin_url("/readyz")).send().await.ok()?;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+}
+
+async fn readyz(server: &TestServer) -> u16 {
+    http().get(server.admin_url("/readyz")).send().await.unwrap().status().as_u16()
+}
+
+async fn start(redis: &RedisServer) -> TestServer {
+    let server = TestServer::start(&config(redis)).await;
+    ready(&server).await;
+    server
+}
+
+async fn publish_raw(server: &TestServer, body: Value) -> reqwest::Response {
+    within("a publish response", http().post(server.admin_url("/publish")).json(&body).send()).await.unwrap()
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) -> String {
+    let res = publish_raw(server, json!({ "channel": channel, "data": data })).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    v["ids"][0].as_str().unwrap().to_owned()
+}
+
+/// The `data` and `id` of the next `message` frame.
+async fn next_message(ws: &mut WsClient) -> (Value, String) {
+    let m = ws.expect("message").await;
+    (m["data"].clone(), m["id"].as_str().unwrap().to_owned())
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit('.').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_publish_on_any_instance_reaches_every_instance_once() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let (mut on_a, _) = WsClient::open(&a, "/ws").await;
+    let (mut on_b, _) = WsClient::open(&b, "/ws").await;
+    on_a.subscribe("room:1", None).await;
+    on_b.subscribe("room:1", None).await;
+    let mut stream = sse(&b, "channel=room:1").await;
+    let first = publish(&a, "room:1", json!("from a")).await;
+    let second = publish(&b, "room:1", json!("from b")).await;
+    assert!(seq_of(&first) < seq_of(&second), "{first} < {second}");
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(next_message(ws).await, (json!("from a"), first.clone()));
+        assert_eq!(next_message(ws).await, (json!("from b"), second.clone()));
+        ws.assert_quiet().await;
+    }
+    let ev = stream.next().await.unwrap();
+    assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some(first.as_str()), Some("from a")));
+    let ev = stream.next().await.unwrap();
+    assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some(second.as_str()), Some("from b")));
+    // A client broadcast on B reaches A too; ephemeral events carry no id.
+    on_b.send_json(json!({ "type": "publish", "channel": "room:1", "event": "typing", "data": 1 })).await;
+    let typing = on_a.expect("message").await;
+    assert_eq!((typing["event"].as_str(), typing.get("id")), (Some("typing"), None));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_two_instances_deliver_in_one_order() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let (mut on_a, _) = WsClient::open(&a, "/ws").await;
+    let (mut on_b, _) = WsClient::open(&b, "/ws").await;
+    on_a.subscribe("room:race", None).await;
+    on_b.subscribe("room:race", None).await;
+    const N: usize = 100;
+    let send = |server: &TestServer, tag: &'static str| {
+        let url = server.admin_url("/publish");
+        async move {
+            let client = http();
+            for i in 0..N {
+                let body = json!({ "channel": "room:race", "data": format!("{tag}{i}") });
+                assert_eq!(client.post(&url).json(&body).send().await.unwrap().status(), 200);
+            }
+        }
+    };
+    tokio::join!(send(&a, "a"), send(&b, "b"));
+    let mut seen = Vec::new();
+    for ws in [&mut on_a, &mut on_b] {
+        let mut got = Vec::new();
+        for _ in 0..2 * N {
+            got.push(next_message(ws).await);
+        }
+        ws.assert_quiet().await;
+        let seqs: Vec<u64> = got.iter().map(|(_, id)| seq_of(id)).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ids rise strictly, no duplicate");
+        // Each publisher's own messages keep their order.
+        for tag in ["a", "b"] {
+            let mine: Vec<String> =
+                got.iter().filter_map(|(d, _)| d.as_str().filter(|s| s.starts_with(tag)).map(str::to_owned)).collect();
+            assert_eq!(mine, (0..N).map(|i| format!("{tag}{i}")).collect::<Vec<_>>());
+        }
+        seen.push(got);
+    }
+    assert_eq!(seen[0], seen[1], "both instances deliver the same sequence");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_from_one_instance_resumes_on_another() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let first = publish(&a, "room:r", json!(1)).await;
+    let missed: Vec<String> = vec![publish(&a, "room:r", json!(2)).await, publish(&b, "room:r", json!(3)).await];
+    // WebSocket `since` on B (which never listened to room:r).
+    let (mut ws, _) = WsClient::open(&b, "/ws").await;
+    let sub = ws.subscribe("room:r", Some(&first)).await;
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(next_message(&mut ws).await, (json!(2), missed[0].clone()));
+    assert_eq!(next_message(&mut ws).await, (json!(3), missed[1].clone()));
+    ws.assert_quiet().await;
+    // SSE Last-Event-ID on A.
+    let res = http().get(a.url("/events?channel=room:r")).header("last-event-id", first.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("data: 3\n") {
+        use futures_util::StreamExt;
+        let chunk = within("SSE replay", body.next()).await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(!text.contains("event: reset"), "{text}");
+    assert!(text.find("data: 2\n").unwrap() < text.find("data: 3\n").unwrap(), "{text}");
+    // Long-poll `since` on B, answered at once from history.
+    let url = b.url(&format!("/poll?channel=room:r&since={first}&timeout=0"));
+    let poll: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = poll["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![missed[0].as_str(), missed[1].as_str()]);
+    assert_eq!(poll["cursor"], missed[1].as_str());
+    // A cursor of another epoch (another Redis, or garbage) is a failed resume.
+    let sub = ws.subscribe("room:other", Some("zz.5")).await;
+    assert_eq!(sub["recovered"], false);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_hold_across_instances() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let (mut ws, _) = WsClient::open(&b, "/ws").await;
+    ws.subscribe("room:i", None).await;
+    let body = json!({ "channels": ["room:i", "room:j"], "data": "once", "idempotency_key": "order-17" });
+    let first: Value = publish_raw(&a, body.clone()).await.json().await.unwrap();
+    let retry = publish_raw(&b, body).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.json::<Value>().await.unwrap(), first, "the retry returns the first ids");
+    assert_eq!(next_message(&mut ws).await.0, json!("once"));
+    ws.assert_quiet().await;
+    let other = json!({ "channel": "room:i", "data": "different", "idempotency_key": "order-17" });
+    let conflict = publish_raw(&b, other).await;
+    assert_eq!(conflict.status(), 409);
+    assert_eq!(conflict.json::<Value>().await.unwrap()["error"], "conflict");
+    ws.assert_quiet().await;
+    // A batch whose second message conflicts publishes nothing at all.
+    let batch = json!({ "messages": [
+        { "channel": "room:i", "data": "fresh" },
+        { "channel": "room:i", "data": "changed", "idempotency_key": "order-17" },
+    ]});
+    assert_eq!(publish_raw(&a, batch).await.status(), 409);
+    ws.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn redis_killed_then_back_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start_durable().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let (mut ws, _) = WsClient::open(&b, "/ws").await;
+    ws.subscribe("room:k", None).await;
+    let before = publish(&a, "room:k", json!("before")).await;
+    assert_eq!(next_message(&mut ws).await.1, before);
+    redis.kill();
+    eventually("/readyz 503 on both", || async { (readyz(&a).await == 503 && readyz(&b).await == 503).then_some(()) })
+        .await;
+    let refused = publish_raw(&a, json!({ "channel": "room:k", "data": "lost" })).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "unavailable");
+    // Open connections stay up meanwhile.
+    ws.assert_quiet().await;
+    redis.restart().await;
+    let back = std::time::Instant::now();
+    ready(&a).await;
+    ready(&b).await;
+    assert!(back.elapsed() < Duration::from_secs(5), "ready again {:?} after Redis returned", back.elapsed());
+    let after = publish(&a, "room:k", json!("after")).await;
+    assert!(seq_of(&after) > seq_of(&before));
+    assert_eq!(next_message(&mut ws).await, (json!("after"), after));
+    ws.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_loses_and_duplicates_nothing() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    let (mut ws, _) = WsClient::open(&b, "/ws").await;
+    ws.subscribe("room:p", None).await;
+    const N: usize = 200;
+    let url = a.admin_url("/publish");
+    let publisher = tokio::spawn(async move {
+        let client = http();
+        let mut ids = Vec::new();
+        for i in 0..N {
+            let res = client.post(&url).json(&json!({ "channel": "room:p", "data": i })).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            ids.push(res.json::<Value>().await.unwrap()["ids"][0].as_str().unwrap().to_owned());
+        }
+        ids
+    });
+    // Kill every pub/sub connection while messages flow, twice.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(redis.cmd("CLIENT KILL TYPE pubsub").await.starts_with(':'));
+    }
+    let ids = publisher.await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..N {
+        got.push(next_message(&mut ws).await.1);
+    }
+    assert_eq!(got, ids, "every acknowledged message, once, in order");
+    ws.assert_quiet().await;
+    // The kills did happen to B's connection, and it came back by itself.
+    let resubscribed = metric(&metrics(&b).await, "sidewire_broker_resubscribes_total");
+    assert!(resubscribed >= 1.0, "resubscribes: {resubscribed}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_redis_fails_publishes_within_the_timeout() {
+    let redis = RedisServer::start().await;
+    let a = start(&redis).await;
+    let (mut ws, _) = WsClient::open(&a, "/ws").await;
+    ws.subscribe("room:h", None).await;
+    redis.pause();
+    let started = std::time::Instant::now();
+    let res = publish_raw(&a, json!({ "channel": "room:h", "data": "stuck" })).await;
+    assert_eq!(res.status(), 503);
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
+    eventually("/readyz 503", || async { (readyz(&a).await == 503).then_some(()) }).await;
+    ws.assert_quiet().await;
+    redis.resume();
+    ready(&a).await;
+    let id = publish(&a, "room:h", json!("unstuck")).await;
+    assert_eq!(next_message(&mut ws).await, (json!("unstuck"), id));
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_resets_clients_instead_of_silence() {
+    let mut redis = RedisServer::start().await;
+    let a = start(&redis).await;
+    let (mut ws, _) = WsClient::open(&a, "/ws").await;
+    ws.subscribe("room:e", None).await;
+    let old = publish(&a, "room:e", json!("old")).await;
+    assert_eq!(next_message(&mut ws).await.1, old);
+    redis.restart_empty().await;
+    ready(&a).await;
+    // The first publish after the restart shows the new epoch: subscribers are sent away
+    // to resume, and their resume is a reset.
+    publish(&a, "room:e", json!("new")).await;
+    let (code, _) = ws.expect_close().await;
+    assert_eq!(code, 1013);
+    let (mut again, _) = WsClient::open(&a, "/ws").await;
+    let sub = again.subscribe("room:e", Some(&old)).await;
+    assert_eq!(sub["recovered"], false);
+    let res = http().get(a.url("/events?channel=room:e")).header("last-event-id", old.as_str()).send().await.unwrap();
+    let mut body = res.bytes_stream();
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    while !text.contains("event: reset") {
+        let chunk = within("SSE reset", body.next()).await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    a.stop().await;
+}
