@@ -5,7 +5,7 @@
 //! - [`config`]: YAML → `${ENV}` → typed [`Config`]; every problem with its key path.
 //! - [`server`]: accept loops (public, TLS, admin) and per-connection hyper serving.
 //! - [`workers`]: thread per core, the serving threads of the public and TLS listeners.
-//! - [`listen`]: sockets, and the SO_REUSEPORT groups of the serving threads.
+//! - [`listen`]: sockets, SO_REUSEPORT groups, and one sidewire per listen address.
 //! - [`tls`]: rustls termination with certificate hot reload.
 //! - [`router`]: request → [`router::Route`], pure.
 //! - [`proxy`]: pass-through to the backend (hop-by-hop hygiene, X-Forwarded-*, streamed

@@ -7,7 +7,8 @@
 //! keeps the admin listener and the background tasks.
 //!
 //! Lifecycle, so that everything that can fail fails at startup:
-//! - [`Workers::bind`] (in `App::bind`) starts each thread, which builds its runtime, binds its listeners on it, hands
+//! - [`Workers::bind`] (in `App::bind`) claims the addresses ([`crate::listen::claim`]),
+//!   then starts each thread, which builds its runtime, binds its listeners on it, hands
 //!   them back and parks. Any failure is a [`BindError`]. Until started, the listeners
 //!   are [`Workers`]' own, so dropping it (a failed bind, an app never run) closes them
 //!   at once and the parked threads exit.
@@ -77,10 +78,14 @@ pub struct Running {
 }
 
 impl Workers {
-    /// Starts the serving threads, each with its runtime and its listeners bound on
-    /// `listen` (and `tls.listen`). Nothing is served yet.
+    /// Claims `listen` (and `tls.listen`) for this process, then starts the serving
+    /// threads, each with its runtime and its listeners bound. Nothing is served yet.
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
         let mut addrs = Addrs { public: config.listen, tls: config.tls.as_ref().map(|t| t.listen) };
+        let mut claimed = vec![("listen", addrs.public)];
+        claimed.extend(addrs.tls.map(|a| ("tls.listen", a)));
+        // Held until every group member is bound: see `listen` for why.
+        let _claim = listen::claim(&claimed).await?;
         let n = count(config);
         let mut parked = Vec::with_capacity(n);
         for index in 0..n {
