@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: YAML → `${ENV}` → typed [`Config`]; every problem with its key path.
 //! - [`server`]: accept loops (public, TLS, admin) and per-connection hyper serving.
+//! - [`workers`]: thread per core, the serving threads of the public and TLS listeners.
+//! - [`listen`]: sockets, SO_REUSEPORT groups, and one sidewire per listen address.
 //! - [`tls`]: rustls termination with certificate hot reload.
 //! - [`router`]: request → [`router::Route`], pure.
 //! - [`proxy`]: pass-through to the backend (hop-by-hop hygiene, X-Forwarded-*, streamed
@@ -22,8 +24,9 @@
 //!   client messages and batched lifecycle events to the backend.
 //!
 //! # Startup
-//! `Config::load` (pure) → [`App::bind`] (binds every listener; `local_addrs()` tells
-//! tests the ports) → [`App::run`] until [`Handle::shutdown`], then drain.
+//! `Config::load` (pure) → [`App::bind`] (binds every listener and starts the serving
+//! threads, parked; any failure is a [`BindError`]; `local_addrs()` tells tests the
+//! ports) → [`App::run`] until [`Handle::shutdown`], then drain and join the threads.
 
 pub mod admin;
 pub mod asset;
@@ -32,6 +35,7 @@ pub mod broker;
 pub mod config;
 pub mod hub;
 pub mod limits;
+pub mod listen;
 pub mod longpoll;
 pub mod metrics;
 pub mod names;
@@ -48,6 +52,7 @@ pub mod stream;
 pub mod template;
 pub mod tls;
 pub mod webhook;
+pub mod workers;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -97,6 +102,8 @@ impl State {
 pub enum BindError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start serving thread {index}: {source}")]
+    Thread { index: usize, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("broker: {0}")]
@@ -114,9 +121,8 @@ pub struct Addrs {
 /// A bound, not yet running sidewire.
 pub struct App {
     state: Arc<State>,
-    /// One public (and TLS) listener per serving thread, all on the same address.
-    public: Vec<TcpListener>,
-    tls: Vec<TcpListener>,
+    /// The serving threads, bound and parked: one public (and TLS) listener each.
+    workers: workers::Workers,
     admin: TcpListener,
     /// Lifecycle webhook events, consumed by the sender task once running.
     events: tokio::sync::mpsc::Receiver<serde_json::Value>,
@@ -126,51 +132,15 @@ pub struct App {
 #[derive(Clone)]
 pub struct Handle(Arc<State>);
 
-async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError::Listen { what, addr, source })
-}
-
-/// `n` listeners on one address with SO_REUSEPORT, so the kernel spreads connections over
-/// the serving threads (one per listener). Port 0 is resolved by the first.
-fn listen_shared(what: &'static str, addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, BindError> {
-    let mut out: Vec<TcpListener> = Vec::with_capacity(n);
-    let mut at = addr;
-    for _ in 0..n.max(1) {
-        let fail = |source| BindError::Listen { what, addr: at, source };
-        let socket = if at.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .map_err(fail)?;
-        socket.set_reuseaddr(true).map_err(fail)?;
-        socket.set_reuseport(true).map_err(fail)?;
-        socket.bind(at).map_err(fail)?;
-        let listener = socket.listen(1024).map_err(fail)?;
-        if let Ok(local) = listener.local_addr() {
-            at = local;
-        }
-        out.push(listener);
-    }
-    Ok(out)
-}
-
-/// Serving threads: `workers`, or one per core.
-fn serving_threads(config: &Config) -> usize {
-    match config.workers {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        n => n,
-    }
-}
-
 impl App {
-    /// Binds every listener and loads the TLS certificate. Nothing is served yet.
+    /// Binds every listener, readies the serving threads and loads the TLS certificate.
+    /// Nothing is served yet.
     pub async fn bind(config: Config) -> Result<Self, BindError> {
-        let threads = serving_threads(&config);
-        let public = listen_shared("listen", config.listen, threads)?;
-        let admin = listen("admin.listen", config.admin.listen).await?;
-        let (tls_listeners, tls) = match &config.tls {
-            Some(t) => {
-                let store = Tls::load(&t.cert, &t.key).await?;
-                (listen_shared("tls.listen", t.listen, threads)?, Some(Arc::new(store)))
-            }
-            None => (Vec::new(), None),
+        let workers = workers::Workers::bind(&config).await?;
+        let admin = listen::single("admin.listen", config.admin.listen).await?;
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(Tls::load(&t.cert, &t.key).await?)),
+            None => None,
         };
         let metrics = Arc::new(Metrics::new());
         let (lifecycle, events) = webhook::Lifecycle::new();
@@ -194,30 +164,27 @@ impl App {
             auth: auth::Auth::default(),
             lifecycle,
         });
-        Ok(Self { state, public, tls: tls_listeners, admin, events })
+        Ok(Self { state, workers, admin, events })
     }
 
     pub fn local_addrs(&self) -> Addrs {
         let addr = |l: &TcpListener| l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let public = self.public.first().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), addr);
-        Addrs { public, tls: self.tls.first().map(addr), admin: addr(&self.admin) }
+        Addrs { public: self.workers.public_addr(), tls: self.workers.tls_addr(), admin: addr(&self.admin) }
     }
 
     pub fn handle(&self) -> Handle {
         Handle(Arc::clone(&self.state))
     }
 
-    /// Serves until [`Handle::shutdown`], then drains for at most `shutdown_grace`.
+    /// Serves until [`Handle::shutdown`], then drains for at most `shutdown_grace` and
+    /// joins the serving threads.
     pub async fn run(self) {
         let state = self.state;
         let sd = state.shutdown.clone();
-        let mut tls = self.tls.into_iter();
         // Every public (and TLS) listener on a serving thread of its own; this runtime
         // keeps the admin listener (where publishes fan out) and the background tasks,
         // so fan-out runs beside the sessions instead of taking turns with them.
-        for (i, public) in self.public.into_iter().enumerate() {
-            spawn_serving_thread(i, (public, tls.next()), Arc::clone(&state));
-        }
+        let serving = self.workers.start(&state);
         sd.spawn(server::serve(self.admin, server::Kind::Admin, Arc::clone(&state)));
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
             sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
@@ -231,9 +198,11 @@ impl App {
         sd.cancelled().await;
         tracing::info!("shutting down: draining connections");
         let grace = state.config.load().shutdown_grace;
-        if tokio::time::timeout(grace, sd.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, sd.wait()).await.is_err() {
             tracing::warn!(?grace, "shutdown grace elapsed; closing what is left");
         }
+        serving.join(deadline).await;
     }
 }
 
@@ -301,51 +270,6 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     tracing::debug!(target: "sidewire::access", %method, %path, status = res.status().as_u16(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %peer.addr);
     res
-}
-
-/// Serves one public listener and its TLS twin until shutdown (each drains itself).
-async fn serve_pair(pair: (TcpListener, Option<TcpListener>), state: Arc<State>) {
-    let (public, tls) = pair;
-    let tls_state = Arc::clone(&state);
-    let tls = async move {
-        if let Some(l) = tls {
-            server::serve(l, server::Kind::Tls, tls_state).await;
-        }
-    };
-    tokio::join!(server::serve(public, server::Kind::Public, state), tls);
-}
-
-/// A serving thread: a current-thread runtime whose connections, their tasks and their
-/// backend pool all stay on this thread (thread per core, as nginx and Envoy serve). It
-/// lives until its connections have drained after shutdown.
-fn spawn_serving_thread(i: usize, pair: (TcpListener, Option<TcpListener>), state: Arc<State>) {
-    // Listeners are registered with the runtime that made them: move the raw sockets.
-    let public = pair.0.into_std();
-    let tls = pair.1.map(TcpListener::into_std).transpose();
-    let spawned = std::thread::Builder::new().name(format!("sidewire-{i}")).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => return tracing::error!(error = %e, "cannot start a serving thread"),
-        };
-        rt.block_on(async move {
-            let (Ok(public), Ok(tls)) = (public, tls) else {
-                return tracing::error!("cannot hand a listener to a serving thread");
-            };
-            let public = TcpListener::from_std(public);
-            let tls = tls.map(TcpListener::from_std).transpose();
-            let (Ok(public), Ok(tls)) = (public, tls) else {
-                return tracing::error!("cannot register a listener on a serving thread");
-            };
-            let sd = state.shutdown.clone();
-            let grace = state.config.load().shutdown_grace;
-            serve_pair((public, tls), state).await;
-            // Sessions spawned here run on this runtime: keep it alive while they close.
-            let _ = tokio::time::timeout(grace, sd.wait()).await;
-        });
-    });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot spawn a serving thread; its listener is closed");
-    }
 }
 
 /// Expires history of channels nobody touches, until shutdown.

@@ -48,8 +48,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
-    // This thread runs the admin listener and background tasks; `App::run` starts one
-    // serving thread per core (`workers`) for the public listeners.
+    // This thread runs the admin listener and background tasks; `App::bind` readies one
+    // serving thread per core (`workers`) for the public listeners, `App::run` starts them.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

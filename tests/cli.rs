@@ -411,3 +411,66 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert_eq!(access, 6, "{lines:#?}");
 }
+
+/// Runs the binary on `config`, expecting it to refuse to start: it must exit non-zero
+/// within the deadline without ever listening. Returns its stderr.
+async fn refused_start(config: &Path) -> String {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second sidewire on a served address did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn a_second_process_on_a_served_address_refuses_to_start() {
+    let backend = FakeBackend::echo().await;
+    let file = ConfigFile::new(&base_yaml(&backend.url(), "60s"));
+    let mut first = Sidewire::start(&file.path, &[]).await;
+
+    // Same public address, its own admin port: SO_REUSEPORT alone would let it in.
+    let public = ConfigFile::new(&format!(
+        "listen: \"{}\"\nadmin: {{ listen: \"127.0.0.1:0\" }}\nbackend: {{ url: \"{}\" }}\n",
+        first.public,
+        backend.url()
+    ));
+    // Same admin address, its own public port.
+    let admin = ConfigFile::new(&format!(
+        "listen: \"127.0.0.1:0\"\nadmin: {{ listen: \"{}\" }}\nbackend: {{ url: \"{}\" }}\n",
+        first.admin,
+        backend.url()
+    ));
+    for (second, addr, what) in [(&public, first.public, "(listen)"), (&admin, first.admin, "(admin.listen)")] {
+        let stderr = refused_start(&second.path).await;
+        for expected in [&addr.to_string(), what, "another process already serves this address"] {
+            assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+        }
+    }
+
+    // The first one never noticed.
+    let res = http().get(first.url("/still/here")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    first.signal("TERM");
+    assert_eq!(first.wait_exit().await.code(), Some(0), "{}", first.log().join("\n"));
+}
