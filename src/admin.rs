@@ -28,7 +28,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode())),
         (&Method::POST, "/publish") => publish(state, &config, req).await,
         (&Method::GET, "/channels") => channels(state, &config, &req),
-        (&Method::GET, "/presence") => presence(state, &config, &req),
+        (&Method::GET, "/presence") => presence(state, &config, &req).await,
         (_, "/publish" | "/channels" | "/presence") => {
             Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed"))
         }
@@ -96,8 +96,9 @@ fn bad(message: impl Into<String>) -> Rejection {
     Rejection::json(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// `GET /presence?channel=…`: users present on a presence channel of this instance.
-fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+/// `GET /presence?channel=…`: users present on a presence channel (redis mode: on every
+/// instance).
+async fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, req)?;
     let query = realtime::query_pairs(req.uri().query());
     let name = query
@@ -114,9 +115,8 @@ fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<R
     }
     let users: Vec<serde_json::Value> = state
         .broker
-        .hub()
         .presence(&channel)
-        .unwrap_or_default()
+        .await?
         .into_iter()
         .map(|(user, n, info)| serde_json::json!({ "user": &*user, "connections": n, "info": info }))
         .collect();

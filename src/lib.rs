@@ -148,10 +148,12 @@ impl App {
             config::BrokerConfig::Memory => {
                 broker::Broker::Memory(Arc::new(broker::Memory::new(hub::Hub::new(metrics.hub.clone()))))
             }
-            config::BrokerConfig::Redis(redis) => {
-                let hub = hub::Hub::cache(metrics.hub.clone());
-                broker::Broker::Redis(broker::Redis::new(redis, hub, metrics.broker.clone())?)
-            }
+            config::BrokerConfig::Redis(redis) => broker::Broker::Redis(broker::Redis::new(
+                redis,
+                metrics.hub.clone(),
+                metrics.broker.clone(),
+                config.heartbeat.interval,
+            )?),
         };
         let state = Arc::new(State {
             proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),

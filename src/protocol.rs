@@ -159,7 +159,7 @@ struct MessageBody<'a> {
 pub fn encode_message(msg: &Message) -> String {
     if msg.kind != crate::hub::message::Kind::Publish {
         let kind = if msg.kind == crate::hub::message::Kind::Join { "join" } else { "leave" };
-        // The data of a presence message is exactly `{"channel","user"}`.
+        // The data of a presence message is exactly `{"channel","user"}` (+ `info` on a join).
         let body: serde_json::Value = serde_json::from_str(msg.data.get()).unwrap_or_default();
         return encode(kind, body, None);
     }

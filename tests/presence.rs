@@ -46,26 +46,32 @@ async fn hang_up(mut ws: WsClient) {
     while ws.next_frame().await.is_some() {}
 }
 
+/// A `join` carries the member's `info` from the auth answer (SPEC §4).
 fn join(user: &str) -> serde_json::Value {
-    json!({ "type": "join", "channel": "room:1", "user": user })
+    json!({ "type": "join", "channel": "room:1", "user": user, "info": { "name": user } })
+}
+
+/// A member as `subscribed.presence` and the `presence` reply list it.
+fn member(user: &str, connections: u32) -> serde_json::Value {
+    json!({ "user": user, "connections": connections, "info": { "name": user } })
 }
 
 #[tokio::test]
 async fn join_and_leave_once_per_user_with_connection_counts() {
     let (_backend, server) = start("").await;
     let (mut bob, subscribed) = tab(&server, "tok-b").await;
-    assert_eq!(subscribed["presence"], json!([{ "user": "bob", "connections": 1 }]));
+    assert_eq!(subscribed["presence"], json!([member("bob", 1)]));
     assert_eq!(bob.next_json().await, join("bob"));
 
     let (mut tab1, subscribed) = tab(&server, "tok-a").await;
-    let both = json!([{ "user": "alice", "connections": 1 }, { "user": "bob", "connections": 1 }]);
+    let both = json!([member("alice", 1), member("bob", 1)]);
     assert_eq!(subscribed["presence"], both);
     assert_eq!(tab1.next_json().await, join("alice"));
     assert_eq!(bob.next_json().await, join("alice"));
 
     // A second tab of alice changes only her count.
     let (mut tab2, subscribed) = tab(&server, "tok-a").await;
-    let two_tabs = json!([{ "user": "alice", "connections": 2 }, { "user": "bob", "connections": 1 }]);
+    let two_tabs = json!([member("alice", 2), member("bob", 1)]);
     assert_eq!(subscribed["presence"], two_tabs);
     for ws in [&mut bob, &mut tab1, &mut tab2] {
         ws.assert_quiet().await;
@@ -74,11 +80,7 @@ async fn join_and_leave_once_per_user_with_connection_counts() {
     assert_eq!(bob.next_json().await, json!({ "type": "presence", "channel": "room:1", "users": two_tabs, "ref": 9 }));
     let (status, body) = presence(&server, "room:1").await;
     assert_eq!(status, 200);
-    let users = json!([
-        { "user": "alice", "connections": 2, "info": { "name": "alice" } },
-        { "user": "bob", "connections": 1, "info": { "name": "bob" } },
-    ]);
-    assert_eq!(body, json!({ "channel": "room:1", "users": users }));
+    assert_eq!(body, json!({ "channel": "room:1", "users": two_tabs }));
 
     hang_up(tab2).await;
     wait_counts(&server, "room:1", &[("alice", 1), ("bob", 1)]).await;

@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::backend::Backend;
 use support::realtime::{eventually, metric, metrics, sse, within};
 use support::redis::RedisServer;
 use support::ws::WsClient;
@@ -317,5 +318,143 @@ async fn redis_restarted_empty_resets_clients_instead_of_silence() {
         let chunk = within("SSE reset", body.next()).await.unwrap().unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    a.stop().await;
+}
+
+// ---------------------------------------------------------------- presence
+
+/// Signed-in users (alice, bob) on presence channels `room:*`; heartbeat 1s, so a dead
+/// instance's members leave within 3 s.
+fn presence_config(redis: &RedisServer, backend: &Backend) -> String {
+    format!(
+        r#"
+backend: {{ url: "{}" }}
+channels:
+  - {{ match: "room:*", presence: true, client_publish: broadcast }}
+broker: {{ kind: redis, url: "{}", key_prefix: "t:", timeout: 500ms }}
+heartbeat: {{ interval: 1s, timeout: 10s }}
+"#,
+        backend.url(),
+        redis.url()
+    )
+}
+
+async fn presence_pair(redis: &RedisServer) -> (Backend, TestServer, TestServer) {
+    let backend = Backend::start().await;
+    backend.allow("tok-a", "alice", &["room:*"]);
+    backend.allow("tok-b", "bob", &["room:*"]);
+    let a = TestServer::start(&presence_config(redis, &backend)).await;
+    let b = TestServer::start(&presence_config(redis, &backend)).await;
+    ready(&a).await;
+    ready(&b).await;
+    (backend, a, b)
+}
+
+fn member(user: &str, connections: u32) -> Value {
+    json!({ "user": user, "connections": connections, "info": { "name": user } })
+}
+
+async fn tab(server: &TestServer, token: &str) -> (WsClient, Value) {
+    let (mut ws, _) = WsClient::open(server, &format!("/ws?token={token}")).await;
+    let subscribed = ws.subscribe("room:1", None).await;
+    (ws, subscribed)
+}
+
+#[tokio::test]
+async fn presence_is_cluster_wide_and_joins_once_per_user() {
+    let redis = RedisServer::start().await;
+    let (_backend, a, b) = presence_pair(&redis).await;
+    let (mut bob, subscribed) = tab(&a, "tok-b").await;
+    assert_eq!(subscribed["presence"], json!([member("bob", 1)]));
+    assert_eq!(bob.expect("join").await["user"], "bob");
+    // Alice joins on B: bob (on A) sees one join, with her info.
+    let (mut alice1, subscribed) = tab(&b, "tok-a").await;
+    assert_eq!(subscribed["presence"], json!([member("alice", 1), member("bob", 1)]));
+    let join = bob.expect("join").await;
+    assert_eq!(join, json!({ "type": "join", "channel": "room:1", "user": "alice", "info": { "name": "alice" } }));
+    assert_eq!(alice1.expect("join").await["user"], "alice");
+    // A second alice tab, on A this time: counts change, nobody hears a join.
+    let (mut alice2, subscribed) = tab(&a, "tok-a").await;
+    assert_eq!(subscribed["presence"], json!([member("alice", 2), member("bob", 1)]));
+    for ws in [&mut bob, &mut alice1, &mut alice2] {
+        ws.assert_quiet().await;
+    }
+    let (status, body) = support::backend::presence(&b, "room:1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["users"], json!([member("alice", 2), member("bob", 1)]));
+    // Her tab on B closes: still present through A; then the last one: one leave.
+    alice1.ws.close(None).await.unwrap();
+    eventually("alice down to 1 connection", || async {
+        let (_, body) = support::backend::presence(&a, "room:1").await;
+        (body["users"] == json!([member("alice", 1), member("bob", 1)])).then_some(())
+    })
+    .await;
+    bob.assert_quiet().await;
+    alice2.ws.close(None).await.unwrap();
+    assert_eq!(bob.expect("leave").await, json!({ "type": "leave", "channel": "room:1", "user": "alice" }));
+    bob.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A sidewire process (the real binary) on free ports, killed with SIGKILL on drop.
+struct Process {
+    child: std::process::Child,
+    public: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    async fn start(yaml: &str) -> Self {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (public, admin) = (port(), port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let yaml = format!("listen: \"{public}\"\nadmin: {{ listen: \"{admin}\" }}\n{yaml}");
+        std::fs::write(&path, yaml).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidewire"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the sidewire process ready", || async move {
+            let res = http().get(format!("http://{admin}/readyz")).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        })
+        .await;
+        Self { child, public, _dir: dir }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn members_of_an_instance_that_died_leave_within_three_heartbeats() {
+    let redis = RedisServer::start().await;
+    let (backend, a, b) = presence_pair(&redis).await;
+    b.stop().await;
+    let (mut bob, _) = tab(&a, "tok-b").await;
+    bob.expect("join").await;
+    // Alice is on another sidewire process, which then dies without goodbye (SIGKILL).
+    let mut other = Process::start(&presence_config(&redis, &backend)).await;
+    let url = format!("ws://{}/ws?token=tok-a", other.public);
+    let (mut alice, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    use futures_util::SinkExt;
+    let sub = json!({ "type": "subscribe", "channel": "room:1" }).to_string();
+    alice.send(tokio_tungstenite::tungstenite::Message::text(sub)).await.unwrap();
+    assert_eq!(bob.expect("join").await["user"], "alice");
+    other.child.kill().unwrap();
+    let died = std::time::Instant::now();
+    let leave = within("alice's leave", bob.expect("leave")).await;
+    assert_eq!(leave["user"], "alice");
+    assert!(died.elapsed() < Duration::from_secs(3) + Duration::from_millis(1500), "{:?}", died.elapsed());
+    drop(alice);
     a.stop().await;
 }

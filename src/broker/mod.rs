@@ -22,6 +22,7 @@ pub use memory::Memory;
 pub use redis::Redis;
 
 use crate::hub::cursor::{Epoch, MessageId};
+use crate::hub::presence::PresentUser;
 use crate::hub::{Draft, Hub, Outbox, Retention, Subscribed};
 use crate::names::ChannelName;
 use crate::respond::Rejection;
@@ -151,6 +152,14 @@ impl Broker {
         match self {
             Broker::Memory(m) => Ok(m.subscribe(channel, outbox, resume, retention)),
             Broker::Redis(r) => r.subscribe(channel, outbox, resume, retention).await,
+        }
+    }
+
+    /// Present users of a presence channel (redis mode: on every instance).
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresentUser>, BrokerError> {
+        match self {
+            Broker::Memory(m) => Ok(m.hub().presence(channel).unwrap_or_default()),
+            Broker::Redis(r) => r.presence(channel).await,
         }
     }
 

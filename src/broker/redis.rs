@@ -35,7 +35,8 @@ use super::script::{Keys, Scripts, Wire};
 use super::{BrokerError, Ids, Outgoing, Resume};
 use crate::config::RedisConfig;
 use crate::hub::cursor::{Epoch, MessageId};
-use crate::hub::{Delivery, Draft, Fill, Hub, Message, Outbox, Retention, Seq, Since, Subscribed};
+use crate::hub::presence::PresentUser;
+use crate::hub::{Delivery, Draft, Fill, Hub, HubStats, Message, Outbox, Retention, Seq, Since, Subscribed};
 use crate::metrics::BrokerStats;
 use crate::names::ChannelName;
 use crate::shutdown::Shutdown;
@@ -87,13 +88,22 @@ struct Inner {
     /// Channels whose pub/sub channel we are subscribed to, with how many subscribes are
     /// in progress on each.
     listening: tokio::sync::Mutex<HashMap<ChannelName, Arc<AtomicUsize>>>,
-    /// The task's end of `events`, taken once by [`Redis::run`].
-    events: Mutex<Option<mpsc::Receiver<Event>>>,
+    /// The task's ends of `events` and of the hub's presence changes, taken once by
+    /// [`Redis::run`].
+    events: Mutex<Option<(mpsc::Receiver<Event>, mpsc::Receiver<ChannelName>)>>,
+    heartbeat: Duration,
 }
 
 /// The message as stored and published, without its id.
 #[derive(Serialize, Deserialize)]
 struct Envelope<'a> {
+    /// `join` / `leave` for presence announcements (made by the `PRESENCE` script).
+    #[serde(rename = "k", skip_serializing_if = "Option::is_none", borrow, default)]
+    kind: Option<&'a str>,
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none", borrow, default)]
+    user: Option<&'a str>,
+    #[serde(rename = "i", skip_serializing_if = "Option::is_none", borrow, default)]
+    info: Option<&'a RawValue>,
     #[serde(rename = "e", skip_serializing_if = "Option::is_none", borrow)]
     event: Option<&'a str>,
     #[serde(rename = "d", borrow)]
@@ -116,7 +126,14 @@ fn classify(e: RedisError, timeout: Duration) -> BrokerError {
 impl Redis {
     /// Prepares the connections (made lazily: sidewire starts while Redis is down and
     /// reports not ready until it answers).
-    pub fn new(config: &RedisConfig, hub: Hub, stats: BrokerStats) -> Result<Self, BrokerError> {
+    /// `heartbeat` paces the liveness key: an instance that dies without goodbye has its
+    /// members leave within 3 heartbeat intervals.
+    pub fn new(
+        config: &RedisConfig,
+        hub_stats: HubStats,
+        stats: BrokerStats,
+        heartbeat: Duration,
+    ) -> Result<Self, BrokerError> {
         if config.cluster {
             return Err(BrokerError::Protocol(
                 "broker.cluster: true (Redis Cluster) is not available in this build yet".into(),
@@ -125,6 +142,8 @@ impl Redis {
         let url = with_resp3(&config.url);
         let client = redis::Client::open(url.as_str()).map_err(|e| BrokerError::Protocol(e.to_string()))?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (presence_tx, presence_rx) = mpsc::channel(EVENT_QUEUE);
+        let hub = Hub::cache(hub_stats, presence_tx);
         let shared = Arc::new(Shared {
             hub,
             keys: Keys::new(&config.key_prefix),
@@ -156,7 +175,8 @@ impl Redis {
             timeout: config.timeout,
             up: AtomicBool::new(false),
             listening: tokio::sync::Mutex::default(),
-            events: Mutex::new(Some(rx)),
+            events: Mutex::new(Some((rx, presence_rx))),
+            heartbeat,
         })))
     }
 
@@ -214,7 +234,14 @@ impl Redis {
                 inv.key(shared.keys.seq(name)).key(shared.keys.log(name));
                 let ttl = retention.ttl.max(MIN_KEY_TTL).as_millis().min(u128::from(u64::MAX)) as u64;
                 let exclude = draft.exclude.map(|c| shared.hub.conn_name(c));
-                let env = Envelope { event: draft.event.as_deref(), data: &draft.data, exclude: exclude.as_deref() };
+                let env = Envelope {
+                    kind: None,
+                    user: None,
+                    info: None,
+                    event: draft.event.as_deref(),
+                    data: &draft.data,
+                    exclude: exclude.as_deref(),
+                };
                 let env = serde_json::to_string(&env).map_err(|e| BrokerError::Protocol(e.to_string()))?;
                 inv.arg(shared.keys.pubsub(name)).arg(retention.size).arg(ttl).arg(u8::from(draft.ephemeral)).arg(env);
             }
@@ -254,6 +281,7 @@ impl Redis {
         if epoch.0 != 0
             && let Ok(sub) = hub.subscribe(channel, outbox, since(resume, epoch), retention, None)
         {
+            self.joined(channel, outbox, retention).await;
             return Ok(sub);
         }
         let _joining = self.listen(channel).await?;
@@ -264,7 +292,121 @@ impl Redis {
         };
         let (epoch, fill) = self.read(channel, after, retention.size).await?;
         let sub = hub.subscribe(channel, outbox, since(resume, epoch), retention, Some(fill));
-        sub.map_err(|_| BrokerError::Protocol("the hub refused a filled subscribe".into()))
+        let sub = sub.map_err(|_| BrokerError::Protocol("the hub refused a filled subscribe".into()))?;
+        self.joined(channel, outbox, retention).await;
+        Ok(sub)
+    }
+
+    /// After a subscribe on a presence channel: writes this instance's presence there
+    /// now, so the `subscribed` reply's member list includes the new member. A failure
+    /// is left to the broker task, which was told of the change too.
+    async fn joined(&self, channel: &ChannelName, outbox: &Outbox, retention: Retention) {
+        if retention.presence && outbox.member.is_some() {
+            let _ = self.sync_presence(channel).await;
+        }
+    }
+
+    /// Present users of `channel` on every instance, sorted by user.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresentUser>, BrokerError> {
+        let keys = &self.0.shared.keys;
+        let mut con = self.0.cmd.clone();
+        let mut pipe = redis::pipe();
+        pipe.hgetall(keys.present(channel.as_str())).hgetall(keys.present_info(channel.as_str()));
+        let (counts, infos): (HashMap<String, i64>, HashMap<String, String>) =
+            self.call(pipe.query_async(&mut con)).await?;
+        let mut out: Vec<PresentUser> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(user, n)| {
+                let info = infos
+                    .get(&user)
+                    .and_then(|i| serde_json::from_str(i).ok())
+                    .filter(|v: &serde_json::Value| !v.is_null());
+                (Arc::from(user.as_str()), u32::try_from(n).unwrap_or(u32::MAX), info)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Writes this instance's members of `channel` to Redis (announcing cluster-wide
+    /// joins and leaves).
+    async fn sync_presence(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        let shared = &self.0.shared;
+        let local = shared.hub.presence(channel).unwrap_or_default();
+        self.write_presence(channel, &shared.hub.instance(), &local).await
+    }
+
+    async fn write_presence(
+        &self,
+        channel: &ChannelName,
+        instance: &str,
+        local: &[PresentUser],
+    ) -> Result<(), BrokerError> {
+        let keys = &self.0.shared.keys;
+        let name = channel.as_str();
+        let mut inv = self.0.scripts.presence.prepare_invoke();
+        inv.key(keys.present(name)).key(keys.present_info(name)).key(keys.present_on(name, instance));
+        inv.arg(keys.pubsub(name));
+        for (user, n, info) in local {
+            let info = info.as_ref().map_or_else(|| "null".to_owned(), ToString::to_string);
+            inv.arg(user.as_ref()).arg(*n).arg(info);
+        }
+        let mut con = self.0.cmd.clone();
+        let here: usize = self.call(inv.invoke_async(&mut con)).await?;
+        let mut con = self.0.cmd.clone();
+        let set = keys.presence_of(instance);
+        if here > 0 {
+            self.call(con.sadd::<_, _, ()>(set, name)).await
+        } else {
+            self.call(con.srem::<_, _, ()>(set, name)).await
+        }
+    }
+
+    /// Keeps this instance's liveness key and makes the members of instances whose key
+    /// expired (they died without goodbye) leave.
+    async fn liveness(&self) {
+        let keys = &self.0.shared.keys;
+        let me = self.0.shared.hub.instance();
+        let ttl = u64::try_from((self.0.heartbeat * 2).as_millis()).unwrap_or(u64::MAX).max(1000);
+        let mut con = self.0.cmd.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(keys.alive(&me)).arg(1).arg("PX").arg(ttl).ignore();
+        pipe.sadd(keys.instances(), &me).ignore();
+        pipe.smembers(keys.instances());
+        let Ok((instances,)): Result<(Vec<String>,), _> = self.call(pipe.query_async(&mut con)).await else { return };
+        for other in instances.into_iter().filter(|i| *i != me) {
+            let mut con = self.0.cmd.clone();
+            if let Ok(false) = self.call(con.exists::<_, bool>(keys.alive(&other))).await {
+                tracing::info!(instance = other, "a sidewire instance stopped without goodbye: its members leave");
+                self.reap(&other).await;
+            }
+        }
+    }
+
+    /// Makes every member of `instance` leave and forgets the instance.
+    async fn reap(&self, instance: &str) {
+        let keys = &self.0.shared.keys;
+        let mut con = self.0.cmd.clone();
+        let Ok(channels) = self.call(con.smembers::<_, Vec<String>>(keys.presence_of(instance))).await else { return };
+        for name in channels {
+            if let Ok(channel) = ChannelName::new(&name)
+                && self.write_presence(&channel, instance, &[]).await.is_err()
+            {
+                return;
+            }
+        }
+        let mut con = self.0.cmd.clone();
+        let _ = self.call(con.srem::<_, _, ()>(keys.instances(), instance)).await;
+    }
+
+    /// Re-writes the presence of every channel that has members here.
+    async fn sync_all_presence(&self) {
+        for channel in self.0.shared.hub.names() {
+            if self.0.shared.hub.presence(&channel).is_some() {
+                let _ = self.sync_presence(&channel).await;
+            }
+        }
     }
 
     /// Where `channel` stands in Redis and, with `after`, its history after that position.
@@ -312,22 +454,30 @@ impl Redis {
 
     /// The broker task: readiness checks, back-fills, resubscribes, sweeps. Until shutdown.
     pub async fn run(self, shutdown: Shutdown) {
-        let Some(mut events) = self.0.events.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+        let Some((mut events, mut presence)) = self.0.events.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
             return;
         };
         let mut tick = tokio::time::interval(TICK);
         let mut ticks = 0u32;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 Some(event) = events.recv() => match event {
                     Event::Gap(channel) => self.backfill(&channel).await,
                     Event::Disconnected => self.reconnect(&shutdown).await,
                 },
+                Some(channel) = presence.recv() => {
+                    let _ = self.sync_presence(&channel).await;
+                }
                 _ = tick.tick() => {
                     self.check().await;
+                    self.liveness().await;
                     if self.0.shared.overflow.swap(false, Ordering::AcqRel) {
                         self.resync().await;
+                    }
+                    if self.0.shared.hub.take_changes_lost() {
+                        self.sync_all_presence().await;
                     }
                     ticks += 1;
                     if ticks.is_multiple_of(SWEEP_TICKS) {
@@ -336,6 +486,10 @@ impl Redis {
                 }
             }
         }
+        // Goodbye: this instance's members leave everywhere now, not at reaping time.
+        self.reap(&self.0.shared.hub.instance()).await;
+        let mut con = self.0.cmd.clone();
+        let _ = self.call(con.del::<_, ()>(self.0.shared.keys.alive(&self.0.shared.hub.instance()))).await;
     }
 
     /// One round trip: readiness, and the epoch (a Redis restarted empty shows here
@@ -485,6 +639,9 @@ impl Shared {
             tracing::warn!(channel, "unreadable message on a sidewire pub/sub channel; ignored");
             return;
         };
+        if wire.epoch == 0 {
+            return self.announce(name, wire.envelope);
+        }
         self.observe_epoch(wire.epoch);
         let Some(draft) = draft(&self.hub, &name, wire.envelope, wire.seq == 0) else { return };
         let seq = match wire.seq {
@@ -494,6 +651,17 @@ impl Shared {
         if let Delivery::Gap { .. } = self.hub.deliver(draft, None, seq) {
             self.signal(Event::Gap(name));
         }
+    }
+}
+
+impl Shared {
+    /// A `join`/`leave` decided by the `PRESENCE` script.
+    fn announce(&self, channel: ChannelName, envelope: &str) {
+        let Ok(env) = serde_json::from_str::<Envelope<'_>>(envelope) else { return };
+        let (Some(kind), Some(user)) = (env.kind, env.user) else { return };
+        let info: Option<serde_json::Value> = env.info.and_then(|i| serde_json::from_str(i.get()).ok());
+        let msg = Message::presence(channel, kind == "join", user, info.as_ref());
+        self.hub.announce(Arc::new(msg));
     }
 }
 

@@ -10,6 +10,11 @@
 //!   fields `p` (the previous id) and `m` (the message envelope).
 //! - `<p>{<channel>}`: the pub/sub channel; payload `<epoch> <seq> <prev> <envelope>`.
 //! - `<p>idem:<sha256(key)>`: `<fingerprint>|<ids>` for 5 minutes.
+//! - `<p>{<channel>}:present`, `:info`, `:present:<instance>`: presence (see `PRESENCE`);
+//!   `<p>instances`, `<p>alive:<instance>`, `<p>inst:<instance>`: which instances are
+//!   alive and where they have members, so a dead one's members can be made to leave.
+//! - Presence announcements travel on the channel's pub/sub channel with epoch 0 and
+//!   seq 0 (ephemeral).
 //!
 //! Why the order holds by construction: the publish script numbers, appends and
 //! publishes in one atomic step, so Redis emits a channel's messages on pub/sub in id
@@ -122,15 +127,60 @@ local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUN
 return {epoch, head, entries}
 ";
 
+/// Writes one instance's presence on one channel and announces the cluster-wide
+/// changes it makes: `join` when a user's connection count across the cluster leaves 0,
+/// `leave` when it returns to 0 (once per user, whatever the number of instances).
+///
+/// KEYS: `count` (user → connections, cluster-wide), `info` (user → info JSON), `mine`
+/// (user → connections on this instance). ARGV: pub/sub channel, then per present user
+/// `user, connections, info JSON`. An empty list is the instance leaving the channel
+/// (also how a dead instance is reaped). Returns the number of users present here.
+const PRESENCE: &str = r#"
+local old = redis.call('HGETALL', KEYS[3])
+local before = {}
+for i = 1, #old, 2 do before[old[i]] = tonumber(old[i + 1]) end
+local seen = {}
+local function announce(kind, user, info)
+  local env = '{"k":"' .. kind .. '","u":' .. cjson.encode(user) .. ',"i":' .. info .. ',"d":null}'
+  redis.call('PUBLISH', ARGV[1], '0 0 0 ' .. env)
+end
+local here = 0
+for i = 2, #ARGV, 3 do
+  local user, n, info = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  seen[user] = true
+  here = here + 1
+  local was = before[user] or 0
+  redis.call('HSET', KEYS[2], user, info)
+  if n ~= was then
+    redis.call('HSET', KEYS[3], user, n)
+    local total = redis.call('HINCRBY', KEYS[1], user, n - was)
+    if total - (n - was) <= 0 then announce('join', user, info) end
+  end
+end
+for user, was in pairs(before) do
+  if not seen[user] then
+    redis.call('HDEL', KEYS[3], user)
+    local total = redis.call('HINCRBY', KEYS[1], user, -was)
+    if total <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('HDEL', KEYS[2], user)
+      announce('leave', user, 'null')
+    end
+  end
+end
+return here
+"#;
+
 /// The scripts, hashed once.
 pub struct Scripts {
     pub publish: Script,
     pub read: Script,
+    pub presence: Script,
 }
 
 impl Scripts {
     pub fn new() -> Self {
-        Self { publish: Script::new(PUBLISH), read: Script::new(READ) }
+        Self { publish: Script::new(PUBLISH), read: Script::new(READ), presence: Script::new(PRESENCE) }
     }
 }
 
@@ -159,6 +209,36 @@ impl Keys {
 
     pub fn pubsub(&self, channel: &str) -> String {
         format!("{}{{{channel}}}", self.prefix)
+    }
+
+    /// user → connections on every instance.
+    pub fn present(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}:present", self.prefix)
+    }
+
+    /// user → info JSON.
+    pub fn present_info(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}:info", self.prefix)
+    }
+
+    /// user → connections on one instance.
+    pub fn present_on(&self, channel: &str, instance: &str) -> String {
+        format!("{}{{{channel}}}:present:{instance}", self.prefix)
+    }
+
+    /// Instances that announced themselves (set of names).
+    pub fn instances(&self) -> String {
+        format!("{}instances", self.prefix)
+    }
+
+    /// Exists while `instance` is alive (expires 2 heartbeat intervals after its last tick).
+    pub fn alive(&self, instance: &str) -> String {
+        format!("{}alive:{instance}", self.prefix)
+    }
+
+    /// Channels where `instance` has present users (for reaping it).
+    pub fn presence_of(&self, instance: &str) -> String {
+        format!("{}inst:{instance}", self.prefix)
     }
 
     pub fn idempotency(&self, hashed: &str) -> String {

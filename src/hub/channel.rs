@@ -68,6 +68,11 @@ pub struct Channel {
     presence: Option<Presence>,
     /// `leave`s caused by evictions during a fan-out, announced right after it.
     pending_leaves: Vec<Arc<Message>>,
+    /// Whether this hub announces `join`/`leave` itself (memory mode). In cache mode the
+    /// broker decides them cluster-wide: a change of local presence only sets `dirty`.
+    announce: bool,
+    /// Cache mode: local presence changed since the broker last read it.
+    dirty: bool,
 }
 
 impl Channel {
@@ -82,12 +87,14 @@ impl Channel {
             retention,
             presence: retention.presence.then(Presence::default),
             pending_leaves: Vec::new(),
+            announce: true,
+            dirty: false,
         }
     }
 
     /// A cache-mode channel state whose position is not known yet.
     pub fn unsynced(retention: Retention) -> Self {
-        Self { synced: false, ..Self::new(0, retention) }
+        Self { synced: false, announce: false, ..Self::new(0, retention) }
     }
 
     /// Messages with `seq <= floor` may be missing from history.
@@ -199,7 +206,17 @@ impl Channel {
         let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
             return Some(None);
         };
-        Some(presence.join(member).then(|| Arc::new(Message::presence(name.clone(), true, &member.user))))
+        let first = presence.join(member);
+        if !self.announce {
+            self.dirty |= first;
+            return Some(None);
+        }
+        Some(first.then(|| Arc::new(Message::presence(name.clone(), true, &member.user, member.info.as_ref()))))
+    }
+
+    /// Cache mode: whether local presence changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Removes a subscriber; `None` when it was not one, else the `leave` to announce.
@@ -213,7 +230,12 @@ impl Channel {
         let (Some(presence), Some(member)) = (&mut self.presence, &outbox.member) else {
             return None;
         };
-        presence.leave(&member.user).then(|| Arc::new(Message::presence(name.clone(), false, &member.user)))
+        let last = presence.leave(&member.user);
+        if !self.announce {
+            self.dirty |= last;
+            return None;
+        }
+        last.then(|| Arc::new(Message::presence(name.clone(), false, &member.user, None)))
     }
 
     /// Messages after `seq`, if history covers everything after it; `None` = gap.

@@ -56,10 +56,15 @@ impl Message {
         }
     }
 
-    /// A `join` or `leave` of `user`: ephemeral, with `{"channel","user"}` as data and
+    /// A `join` or `leave` of `user`: ephemeral, with `{"channel","user"[,"info"]}` as data and
     /// the event name `join`/`leave` on SSE and long-poll.
-    pub fn presence(channel: ChannelName, join: bool, user: &str) -> Self {
-        let data = serde_json::json!({ "channel": channel.as_str(), "user": user }).to_string();
+    /// A `join` carries the member's `info` (`null` when the backend gave none).
+    pub fn presence(channel: ChannelName, join: bool, user: &str, info: Option<&serde_json::Value>) -> Self {
+        let mut data = serde_json::json!({ "channel": channel.as_str(), "user": user });
+        if join {
+            data["info"] = info.cloned().unwrap_or(serde_json::Value::Null);
+        }
+        let data = data.to_string();
         let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
         let (kind, event) = if join { (Kind::Join, "join") } else { (Kind::Leave, "leave") };
         let mut msg = Self::new(channel, None, Some(event.into()), data);

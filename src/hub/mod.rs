@@ -33,7 +33,9 @@ pub mod presence;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -133,6 +135,11 @@ pub struct HubStats {
 struct Inner {
     /// Names this process's connections (unique across instances and restarts).
     instance: Epoch,
+    /// Cache mode: where channels whose local presence changed are sent (the broker
+    /// decides `join`/`leave` cluster-wide from them).
+    changes: Option<mpsc::Sender<ChannelName>>,
+    /// A change could not be queued: the broker re-reads every channel's presence.
+    changes_lost: AtomicBool,
     /// Memory mode: the rings are the history.
     authoritative: bool,
     next_conn: AtomicU64,
@@ -148,19 +155,22 @@ pub struct Hub(Arc<Inner>);
 impl Hub {
     /// A hub whose rings are the history (memory broker).
     pub fn new(stats: HubStats) -> Self {
-        Self::with_mode(stats, true)
+        Self::with_mode(stats, None)
     }
 
-    /// A hub whose rings cache a history kept elsewhere (redis broker).
-    pub fn cache(stats: HubStats) -> Self {
-        Self::with_mode(stats, false)
+    /// A hub whose rings cache a history kept elsewhere (redis broker); channels whose
+    /// local presence changes are sent to `changes`.
+    pub fn cache(stats: HubStats, changes: mpsc::Sender<ChannelName>) -> Self {
+        Self::with_mode(stats, Some(changes))
     }
 
-    fn with_mode(stats: HubStats, authoritative: bool) -> Self {
+    fn with_mode(stats: HubStats, changes: Option<mpsc::Sender<ChannelName>>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Self(Arc::new(Inner {
             instance: Epoch::fresh(),
-            authoritative,
+            authoritative: changes.is_none(),
+            changes,
+            changes_lost: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             hasher: Default::default(),
             shards,
@@ -170,6 +180,40 @@ impl Hub {
 
     pub fn stats(&self) -> &HubStats {
         &self.0.stats
+    }
+
+    /// This process's name among instances (the prefix of its connection names).
+    pub fn instance(&self) -> String {
+        self.0.instance.to_string()
+    }
+
+    /// Cache mode: tells the broker `channel`'s local presence changed. Never waits.
+    fn changed(&self, channel: &ChannelName) {
+        if let Some(tx) = &self.0.changes
+            && tx.try_send(channel.clone()).is_err()
+        {
+            self.0.changes_lost.store(true, Ordering::Release);
+        }
+    }
+
+    /// Cache mode: whether a presence change was lost (the queue was full) since the
+    /// last call; the broker then re-reads every channel.
+    pub fn take_changes_lost(&self) -> bool {
+        self.0.changes_lost.swap(false, Ordering::AcqRel)
+    }
+
+    /// Cache mode: delivers a `join`/`leave` the broker decided, to this channel's
+    /// subscribers here (no id, no history).
+    pub fn announce(&self, msg: Arc<Message>) {
+        let mut shard = self.shard(&msg.channel);
+        let Some(state) = shard.channels.get_mut(&msg.channel) else { return };
+        let fanout = state.fan_out(&msg);
+        let dirty = state.take_dirty();
+        drop(shard);
+        if dirty {
+            self.changed(&msg.channel);
+        }
+        self.count_fanout(fanout);
     }
 
     /// A new connection id, unique in this instance.
@@ -224,10 +268,14 @@ impl Hub {
         };
         let msg = Arc::new(Message::from_draft(draft, id));
         let (fanout, history_delta) = channel.deliver(&msg);
+        let dirty = channel.take_dirty();
         if self.0.authoritative {
             shard.drop_if_idle(&msg.channel);
         }
         drop(shard);
+        if dirty {
+            self.changed(&msg.channel);
+        }
         self.count(fanout, history_delta);
         Delivery::Delivered(msg)
     }
@@ -296,7 +344,11 @@ impl Hub {
         if let Some(Some(join)) = &joined {
             fanout = state.fan_out(join);
         }
+        let dirty = state.take_dirty();
         drop(shard);
+        if dirty {
+            self.changed(channel);
+        }
         if expired > 0 {
             self.0.stats.history.dec_by(expired as i64);
         }
@@ -319,10 +371,14 @@ impl Hub {
             Some(Some(leave)) => state.fan_out(leave),
             _ => Fanout::default(),
         };
+        let dirty = state.take_dirty();
         if self.0.authoritative {
             shard.drop_if_idle(channel);
         }
         drop(shard);
+        if dirty {
+            self.changed(channel);
+        }
         if removed.is_some() {
             self.0.stats.subscriptions.dec();
         }
@@ -352,8 +408,12 @@ impl Hub {
         let Some(state) = shard.channels.remove(channel) else { return };
         drop(shard);
         self.0.stats.history.dec_by(state.history_len() as i64);
+        let present = state.presence().is_some_and(|p| !p.list().is_empty());
         let n = state.evict_all();
         self.0.stats.subscriptions.dec_by(n as i64);
+        if present {
+            self.changed(channel);
+        }
     }
 
     /// Cache mode: every channel's history is gone (the store restarted empty): evicts

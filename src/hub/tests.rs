@@ -205,7 +205,7 @@ fn id(seq: u64) -> MessageId {
 
 #[tokio::test]
 async fn cache_mode_delivers_in_order_once_and_reports_gaps() {
-    let hub = Hub::cache(HubStats::default());
+    let hub = cache_hub();
     let a = ch("a");
     let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
     // Nothing known about "a": the broker must read history first.
@@ -241,7 +241,7 @@ async fn cache_mode_delivers_in_order_once_and_reports_gaps() {
 
 #[tokio::test]
 async fn a_fill_beyond_what_arrived_here_is_not_replayed_twice() {
-    let hub = Hub::cache(HubStats::default());
+    let hub = cache_hub();
     let a = ch("a");
     let (first, _fi) = outbox(hub.next_conn(), None, 16);
     hub.prepare(&a, KEEP);
@@ -272,7 +272,7 @@ async fn a_fill_beyond_what_arrived_here_is_not_replayed_twice() {
 
 #[test]
 fn losing_a_channel_evicts_its_subscribers() {
-    let hub = Hub::cache(HubStats::default());
+    let hub = cache_hub();
     let a = ch("a");
     let (o, inbox) = outbox(hub.next_conn(), None, 16);
     hub.prepare(&a, KEEP);
@@ -282,4 +282,10 @@ fn losing_a_channel_evicts_its_subscribers() {
     assert!(inbox.evicted().is_cancelled());
     assert!(hub.position(&a).is_none());
     assert_eq!(hub.stats().subscriptions.get(), 0);
+}
+
+fn cache_hub() -> Hub {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    drop(rx);
+    Hub::cache(HubStats::default(), tx)
 }

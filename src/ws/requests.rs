@@ -30,10 +30,10 @@ fn since(text: Option<&str>) -> Resume {
     }
 }
 
-/// `[{user, connections}]` of a presence channel.
-fn users(state: &State, name: &ChannelName) -> Vec<serde_json::Value> {
-    let list = state.broker.hub().presence(name).unwrap_or_default();
-    list.into_iter().map(|(user, n, _)| json!({ "user": &*user, "connections": n })).collect()
+/// `[{user, connections, info}]` of a presence channel (every instance in redis mode).
+async fn users(state: &State, name: &ChannelName) -> Result<Vec<serde_json::Value>, ChannelError> {
+    let list = state.broker.presence(name).await?;
+    Ok(list.into_iter().map(|(user, n, info)| json!({ "user": &*user, "connections": n, "info": info })).collect())
 }
 
 impl Conn {
@@ -95,7 +95,10 @@ impl Conn {
         let cursor = MessageId { epoch: self.ctx.state.broker.epoch().0, seq: position };
         let mut body = json!({ "channel": name.as_str(), "recovered": sub.recovered, "cursor": cursor.to_string() });
         if retention.presence {
-            body["presence"] = users(&self.ctx.state, &name).into();
+            match users(&self.ctx.state, &name).await {
+                Ok(list) => body["presence"] = list.into(),
+                Err(e) => return self.refused(e, r).await,
+            }
         }
         self.send(protocol::encode("subscribed", body, r)).await?;
         self.replay(sub.replay).await
@@ -121,10 +124,13 @@ impl Conn {
             }
         });
         match checked {
-            Ok(name) => {
-                let body = json!({ "channel": name.as_str(), "users": users(&self.ctx.state, &name) });
-                self.send(protocol::encode("presence", body, r)).await
-            }
+            Ok(name) => match users(&self.ctx.state, &name).await {
+                Ok(list) => {
+                    let body = json!({ "channel": name.as_str(), "users": list });
+                    self.send(protocol::encode("presence", body, r)).await
+                }
+                Err(e) => self.refused(e, r).await,
+            },
             Err(e) => self.refused(e, r).await,
         }
     }
