@@ -326,25 +326,32 @@ async fn redis_restarted_empty_resets_clients_instead_of_silence() {
 /// Signed-in users (alice, bob) on presence channels `room:*`; heartbeat 1s, so a dead
 /// instance's members leave within 3 s.
 fn presence_config(redis: &RedisServer, backend: &Backend) -> String {
+    presence_yaml(&format!("{{ kind: redis, url: \"{}\", key_prefix: \"t:\", timeout: 500ms }}", redis.url()), backend)
+}
+
+fn presence_yaml(broker: &str, backend: &Backend) -> String {
     format!(
         r#"
 backend: {{ url: "{}" }}
 channels:
   - {{ match: "room:*", presence: true, client_publish: broadcast }}
-broker: {{ kind: redis, url: "{}", key_prefix: "t:", timeout: 500ms }}
+broker: {broker}
 heartbeat: {{ interval: 1s, timeout: 10s }}
 "#,
         backend.url(),
-        redis.url()
     )
 }
 
 async fn presence_pair(redis: &RedisServer) -> (Backend, TestServer, TestServer) {
+    presence_pair_on(&format!("{{ kind: redis, url: \"{}\", key_prefix: \"t:\", timeout: 500ms }}", redis.url())).await
+}
+
+async fn presence_pair_on(broker: &str) -> (Backend, TestServer, TestServer) {
     let backend = Backend::start().await;
     backend.allow("tok-a", "alice", &["room:*"]);
     backend.allow("tok-b", "bob", &["room:*"]);
-    let a = TestServer::start(&presence_config(redis, &backend)).await;
-    let b = TestServer::start(&presence_config(redis, &backend)).await;
+    let a = TestServer::start(&presence_yaml(broker, &backend)).await;
+    let b = TestServer::start(&presence_yaml(broker, &backend)).await;
     ready(&a).await;
     ready(&b).await;
     (backend, a, b)
@@ -457,4 +464,89 @@ async fn members_of_an_instance_that_died_leave_within_three_heartbeats() {
     assert!(died.elapsed() < Duration::from_secs(3) + Duration::from_millis(1500), "{:?}", died.elapsed());
     drop(alice);
     a.stop().await;
+}
+
+// ---------------------------------------------------------------- Redis Cluster
+
+#[tokio::test]
+async fn a_cluster_spreads_channels_over_shards_and_keeps_every_guarantee() {
+    let cluster = support::redis::RedisCluster::start(3).await;
+    let yaml = format!(
+        r#"
+auth: {{ anonymous: true }}
+channels:
+  - {{ match: "room:*", public: true, client_publish: broadcast, history: {{ size: 100, ttl: 1h }} }}
+broker: {{ kind: redis, cluster: true, url: "{}", key_prefix: "c:", timeout: 1s }}
+limits: {{ client_rate: {{ per_second: 1000, burst: 1000 }} }}
+"#,
+        cluster.url()
+    );
+    let a = TestServer::start(&yaml).await;
+    let b = TestServer::start(&yaml).await;
+    ready(&a).await;
+    ready(&b).await;
+    let channels: Vec<String> = (0..8).map(|i| format!("room:{i}")).collect();
+    let (mut ws, _) = WsClient::open(&a, "/ws").await;
+    for c in &channels {
+        ws.subscribe(c, None).await;
+    }
+    // One message to every channel, published on B: all shards take part.
+    let body = json!({ "channels": channels, "data": "everywhere", "idempotency_key": "k1" });
+    let res = publish_raw(&b, body.clone()).await;
+    assert_eq!(res.status(), 200);
+    let ids: Vec<String> = res.json::<Value>().await.unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 8);
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..8 {
+        let m = ws.expect("message").await;
+        got.insert(m["channel"].as_str().unwrap().to_owned(), m["id"].as_str().unwrap().to_owned());
+    }
+    ws.assert_quiet().await;
+    for (c, id) in channels.iter().zip(&ids) {
+        assert_eq!(got.get(c), Some(id), "{c}");
+    }
+    // Every shard holds some of the channels.
+    for node in &cluster.nodes {
+        let keys = node.cmd("DBSIZE").await;
+        assert_ne!(keys.trim(), ":0", "a shard with no channel: {keys}");
+    }
+    // The retry on A returns the same ids and delivers nothing.
+    let retry = publish_raw(&a, body).await;
+    assert_eq!(retry.json::<Value>().await.unwrap()["ids"], json!(ids));
+    ws.assert_quiet().await;
+    // Order and resume per channel, across instances.
+    let first = publish(&b, "room:3", json!(1)).await;
+    let second = publish(&a, "room:3", json!(2)).await;
+    assert_eq!(next_message(&mut ws).await, (json!(1), first.clone()));
+    assert_eq!(next_message(&mut ws).await, (json!(2), second.clone()));
+    let (mut late, _) = WsClient::open(&b, "/ws").await;
+    let sub = late.subscribe("room:3", Some(&first)).await;
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(next_message(&mut late).await, (json!(2), second));
+    late.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_presence_joins_and_leaves_once() {
+    let cluster = support::redis::RedisCluster::start(3).await;
+    let broker =
+        format!("{{ kind: redis, cluster: true, url: \"{}\", key_prefix: \"cp:\", timeout: 1s }}", cluster.url());
+    let (_backend, a, b) = presence_pair_on(&broker).await;
+    let (mut bob, _) = tab(&a, "tok-b").await;
+    assert_eq!(bob.expect("join").await["user"], "bob");
+    let (alice, subscribed) = tab(&b, "tok-a").await;
+    assert_eq!(subscribed["presence"], json!([member("alice", 1), member("bob", 1)]));
+    assert_eq!(bob.expect("join").await["user"], "alice");
+    drop(alice);
+    assert_eq!(bob.expect("leave").await["user"], "alice");
+    bob.assert_quiet().await;
+    a.stop().await;
+    b.stop().await;
 }

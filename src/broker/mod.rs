@@ -10,6 +10,7 @@
 //!
 //! Callers never see which variant they talk to; the hub never knows Redis exists.
 
+mod link;
 mod memory;
 mod redis;
 mod script;

@@ -25,12 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, PushInfo, PushKind, RedisError, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::link::Link;
 use super::script::{Keys, Scripts, Wire};
 use super::{BrokerError, Ids, Outgoing, Resume};
 use crate::config::RedisConfig;
@@ -80,8 +81,8 @@ pub struct Redis(Arc<Inner>);
 struct Inner {
     shared: Arc<Shared>,
     scripts: Scripts,
-    cmd: ConnectionManager,
-    pubsub: ConnectionManager,
+    cmd: Link,
+    pubsub: Link,
     timeout: Duration,
     /// The last command round trip succeeded.
     up: AtomicBool,
@@ -134,13 +135,6 @@ impl Redis {
         stats: BrokerStats,
         heartbeat: Duration,
     ) -> Result<Self, BrokerError> {
-        if config.cluster {
-            return Err(BrokerError::Protocol(
-                "broker.cluster: true (Redis Cluster) is not available in this build yet".into(),
-            ));
-        }
-        let url = with_resp3(&config.url);
-        let client = redis::Client::open(url.as_str()).map_err(|e| BrokerError::Protocol(e.to_string()))?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (presence_tx, presence_rx) = mpsc::channel(EVENT_QUEUE);
         let hub = Hub::cache(hub_stats, presence_tx);
@@ -153,20 +147,14 @@ impl Redis {
             pubsub_down: AtomicBool::new(false),
             stats,
         });
-        let base = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), base.clone())
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let setup = |e: RedisError| BrokerError::Protocol(format!("cannot set up the Redis connection: {e}"));
+        let cmd = Link::new(config, None::<fn(PushInfo) -> Result<(), std::convert::Infallible>>).map_err(setup)?;
         let receiver = Arc::clone(&shared);
         let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
             receiver.on_push(info);
             Ok(())
         };
-        let pubsub = ConnectionManager::new_lazy_with_config(client, base.set_push_sender(push))
-            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        let pubsub = Link::new(config, Some(push)).map_err(setup)?;
         Ok(Self(Arc::new(Inner {
             shared,
             scripts: Scripts::new(),
@@ -211,25 +199,75 @@ impl Redis {
         self.0.shared.stats.up.set(i64::from(up && !self.0.shared.pubsub_down.load(Ordering::Acquire)));
     }
 
+    /// Publishes in one script call on one Redis. In a cluster, one call per shard the
+    /// request's channels live on, in order: each part is atomic, and a request cut
+    /// between shards (503) is completed by its retry when it has an idempotency key.
     pub async fn publish(&self, items: Vec<Outgoing>) -> Result<Vec<Ids>, BrokerError> {
         let started = std::time::Instant::now();
+        let mut ids: Vec<Ids> = items.iter().map(|i| vec![None; i.drafts.len()]).collect();
+        for part in self.parts(&items) {
+            let (epoch, got) = self.publish_part(&items, &part).await?;
+            for ((item, msg), seq) in part.into_iter().zip(got) {
+                ids[item][msg] = seq.map(|seq| MessageId { epoch, seq });
+            }
+        }
+        self.0.shared.stats.publish_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(ids)
+    }
+
+    /// The request's messages as `(item, message)` positions, grouped by shard (one
+    /// group on a single Redis), each group in request order.
+    fn parts(&self, items: &[Outgoing]) -> Vec<Vec<(usize, usize)>> {
+        let all = items.iter().enumerate().flat_map(|(i, item)| (0..item.drafts.len()).map(move |m| (i, m)));
+        if !self.0.cmd.is_cluster() {
+            return vec![all.collect()];
+        }
+        let keys = &self.0.shared.keys;
+        let mut groups: Vec<(Slot, Vec<(usize, usize)>)> = Vec::new();
+        for (i, m) in all {
+            let slot = Slot::for_key(keys.seq(items[i].drafts[m].0.channel.as_str()));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push((i, m)),
+                None => groups.push((slot, vec![(i, m)])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// One script call for the messages at `part`; their seqs (`None`: ephemeral).
+    async fn publish_part(
+        &self,
+        items: &[Outgoing],
+        part: &[(usize, usize)],
+    ) -> Result<(u32, Vec<Option<u64>>), BrokerError> {
         let shared = &self.0.shared;
+        let cluster = self.0.cmd.is_cluster();
+        let epoch = if cluster { self.known_epoch().await? } else { Epoch::fresh().0 };
+        // Items in order of appearance, each with its messages in this part.
+        let mut order: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &(i, m) in part {
+            match order.last_mut() {
+                Some((item, msgs)) if *item == i => msgs.push(m),
+                _ => order.push((i, vec![m])),
+            }
+        }
         let mut inv = self.0.scripts.publish.prepare_invoke();
-        inv.key(shared.keys.epoch());
-        let total: usize = items.iter().map(|i| i.drafts.len()).sum();
-        inv.arg(Epoch::fresh().0).arg(super::memory::IDEMPOTENCY_TTL.as_secs()).arg(items.len());
+        inv.arg(epoch).arg(u8::from(!cluster)).arg(super::memory::IDEMPOTENCY_TTL.as_secs()).arg(order.len());
         let mut idem_keys = Vec::new();
-        for item in &items {
+        for (i, msgs) in &order {
+            let item = &items[*i];
             let ki = match &item.idempotency {
                 Some(idem) => {
-                    idem_keys.push(shared.keys.idempotency(&idem.key));
-                    1 + 2 * total + idem_keys.len()
+                    let first = item.drafts[msgs[0]].0.channel.as_str();
+                    idem_keys.push(shared.keys.idempotency(first, &idem.key));
+                    2 * part.len() + idem_keys.len()
                 }
                 None => 0,
             };
             let fingerprint = item.idempotency.as_ref().map_or("", |i| i.fingerprint.as_str());
-            inv.arg(item.drafts.len()).arg(ki).arg(fingerprint);
-            for (draft, retention) in &item.drafts {
+            inv.arg(msgs.len()).arg(ki).arg(fingerprint);
+            for &m in msgs {
+                let (draft, retention) = &item.drafts[m];
                 let name = draft.channel.as_str();
                 inv.key(shared.keys.seq(name)).key(shared.keys.log(name));
                 let ttl = retention.ttl.max(MIN_KEY_TTL).as_millis().min(u128::from(u64::MAX)) as u64;
@@ -249,24 +287,47 @@ impl Redis {
         for k in idem_keys {
             inv.key(k);
         }
+        if !cluster {
+            inv.key(shared.keys.epoch());
+        }
         let mut con = self.0.cmd.clone();
         let (epoch, conflict, out): (u32, usize, Vec<String>) = self.call(inv.invoke_async(&mut con)).await?;
         self.set_up(true);
         shared.observe_epoch(epoch);
-        shared.stats.publish_seconds.observe(started.elapsed().as_secs_f64());
         if conflict > 0 {
-            let shown = items.get(conflict - 1).and_then(|i| i.idempotency.as_ref()).map(|i| i.shown.clone());
+            let shown =
+                order.get(conflict - 1).and_then(|(i, _)| items[*i].idempotency.as_ref()).map(|i| i.shown.clone());
             return Err(BrokerError::Conflict(shown.unwrap_or_default()));
         }
-        let ids = out
+        let seqs = out
             .iter()
-            .map(|list| {
-                list.split(',')
-                    .map(|s| s.parse::<u64>().ok().filter(|&n| n > 0).map(|seq| MessageId { epoch, seq }))
-                    .collect()
-            })
-            .collect();
-        Ok(ids)
+            .flat_map(|list| list.split(',').map(|s| s.parse::<u64>().ok().filter(|&n| n > 0)))
+            .collect::<Vec<_>>();
+        if seqs.len() != part.len() {
+            return Err(BrokerError::Protocol(format!("{} ids for {} messages", seqs.len(), part.len())));
+        }
+        Ok((epoch, seqs))
+    }
+
+    /// The epoch, read from Redis when not known yet (cluster: scripts cannot read it).
+    async fn known_epoch(&self) -> Result<u32, BrokerError> {
+        match self.0.shared.epoch.load(Ordering::Acquire) {
+            0 => self.ensure_epoch().await,
+            e => Ok(e),
+        }
+    }
+
+    /// Reads the epoch key, setting a fresh one when Redis has none (first start, or
+    /// restarted empty), and notes it.
+    async fn ensure_epoch(&self) -> Result<u32, BrokerError> {
+        let key = self.0.shared.keys.epoch();
+        let mut con = self.0.cmd.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(Epoch::fresh().0).arg("NX").ignore().get(&key);
+        let (epoch,): (u32,) = self.call(pipe.query_async(&mut con)).await?;
+        self.set_up(true);
+        self.0.shared.observe_epoch(epoch);
+        Ok(epoch)
     }
 
     pub async fn subscribe(
@@ -347,7 +408,7 @@ impl Redis {
         let name = channel.as_str();
         let mut inv = self.0.scripts.presence.prepare_invoke();
         inv.key(keys.present(name)).key(keys.present_info(name)).key(keys.present_on(name, instance));
-        inv.arg(keys.pubsub(name));
+        inv.arg(keys.pubsub(name)).arg(if self.0.cmd.is_cluster() { "SPUBLISH" } else { "PUBLISH" });
         for (user, n, info) in local {
             let info = info.as_ref().map_or_else(|| "null".to_owned(), ToString::to_string);
             inv.arg(user.as_ref()).arg(*n).arg(info);
@@ -357,10 +418,22 @@ impl Redis {
         let mut con = self.0.cmd.clone();
         let set = keys.presence_of(instance);
         if here > 0 {
-            self.call(con.sadd::<_, _, ()>(set, name)).await
+            // Known as an instance as soon as it has members, so it can be reaped.
+            let mut pipe = redis::pipe();
+            pipe.sadd(set, name).ignore().sadd(keys.instances(), instance).ignore();
+            if instance == self.0.shared.hub.instance() {
+                pipe.cmd("SET").arg(keys.alive(instance)).arg(1).arg("PX").arg(self.alive_ttl()).ignore();
+            }
+            self.call(pipe.query_async::<()>(&mut con)).await
         } else {
             self.call(con.srem::<_, _, ()>(set, name)).await
         }
+    }
+
+    /// Lifetime of the liveness key, ms: two heartbeat intervals (refreshed every second),
+    /// so a dead instance's members leave within three.
+    fn alive_ttl(&self) -> u64 {
+        u64::try_from((self.0.heartbeat * 2).as_millis()).unwrap_or(u64::MAX).max(1000)
     }
 
     /// Keeps this instance's liveness key and makes the members of instances whose key
@@ -368,7 +441,7 @@ impl Redis {
     async fn liveness(&self) {
         let keys = &self.0.shared.keys;
         let me = self.0.shared.hub.instance();
-        let ttl = u64::try_from((self.0.heartbeat * 2).as_millis()).unwrap_or(u64::MAX).max(1000);
+        let ttl = self.alive_ttl();
         let mut con = self.0.cmd.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(keys.alive(&me)).arg(1).arg("PX").arg(ttl).ignore();
@@ -418,10 +491,15 @@ impl Redis {
     ) -> Result<(Epoch, Fill), BrokerError> {
         let shared = &self.0.shared;
         let name = channel.as_str();
+        let cluster = self.0.cmd.is_cluster();
+        let epoch = if cluster { self.known_epoch().await? } else { Epoch::fresh().0 };
         let mut inv = self.0.scripts.read.prepare_invoke();
-        inv.key(shared.keys.epoch()).key(shared.keys.seq(name)).key(shared.keys.log(name));
+        inv.key(shared.keys.seq(name)).key(shared.keys.log(name));
+        if !cluster {
+            inv.key(shared.keys.epoch());
+        }
         let after_arg = after.map_or_else(|| "-1".to_owned(), |a| a.to_string());
-        inv.arg(Epoch::fresh().0).arg(after_arg).arg(count.max(1));
+        inv.arg(epoch).arg(u8::from(!cluster)).arg(after_arg).arg(count.max(1));
         let mut con = self.0.cmd.clone();
         let (epoch, head, entries): (u32, u64, Value) = self.call(inv.invoke_async(&mut con)).await?;
         self.set_up(true);
@@ -446,7 +524,7 @@ impl Redis {
             return Ok(Joining(Arc::clone(n)));
         }
         let mut con = self.0.pubsub.clone();
-        self.call(con.subscribe(self.0.shared.keys.pubsub(channel.as_str()))).await?;
+        self.call(con.listen(vec![self.0.shared.keys.pubsub(channel.as_str())])).await?;
         let n = Arc::new(AtomicUsize::new(1));
         listening.insert(channel.clone(), Arc::clone(&n));
         Ok(Joining(n))
@@ -482,6 +560,11 @@ impl Redis {
                     ticks += 1;
                     if ticks.is_multiple_of(SWEEP_TICKS) {
                         self.sweep().await;
+                        // A cluster shard's pub/sub connection may drop (failover, slot
+                        // move) without this instance hearing of it: catch up regularly.
+                        if self.0.cmd.is_cluster() {
+                            self.resync().await;
+                        }
                     }
                 }
             }
@@ -495,10 +578,7 @@ impl Redis {
     /// One round trip: readiness, and the epoch (a Redis restarted empty shows here
     /// even when nothing is published).
     async fn check(&self) {
-        let probe = ChannelName::new("sidewire.probe").ok();
-        if let Some(probe) = probe {
-            let _ = self.read(&probe, None, 1).await;
-        }
+        let _ = self.ensure_epoch().await;
     }
 
     /// Delivers what `channel` missed since its last delivered id, from its stream.
@@ -554,11 +634,8 @@ impl Redis {
                 listening.keys().map(|c| shared.keys.pubsub(c.as_str())).collect()
             };
             let mut con = self.0.pubsub.clone();
-            let done = if names.is_empty() {
-                self.call(con.ping::<()>()).await
-            } else {
-                self.call(con.subscribe(names)).await
-            };
+            let done =
+                if names.is_empty() { self.call(con.ping::<()>()).await } else { self.call(con.listen(names)).await };
             if done.is_ok() {
                 break;
             }
@@ -583,7 +660,7 @@ impl Redis {
             if self.0.shared.hub.forget(&channel) {
                 listening.remove(&channel);
                 let mut con = self.0.pubsub.clone();
-                let _ = self.call(con.unsubscribe(self.0.shared.keys.pubsub(channel.as_str()))).await;
+                let _ = self.call(con.unlisten(self.0.shared.keys.pubsub(channel.as_str()))).await;
             }
         }
     }
@@ -715,16 +792,5 @@ fn since(resume: Resume, epoch: Epoch) -> Since {
         Resume::Live => Since::Live,
         Resume::After { epoch: e, seq } if e == epoch => Since::After(seq),
         Resume::After { .. } | Resume::Invalid => Since::Lost,
-    }
-}
-
-/// RESP3 is what carries pub/sub pushes on a ConnectionManager.
-fn with_resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
     }
 }

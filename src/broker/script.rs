@@ -4,12 +4,15 @@
 //! Keys (every one under `broker.key_prefix`, `{…}` a Redis Cluster hash tag so one
 //! channel's keys and pub/sub channel live on one shard):
 //! - `<p>epoch`: the history epoch, a random number set once. Redis restarted empty has
-//!   none, so the next script call sets a new one and every old cursor reads as lost.
+//!   none, so the next script call sets a new one and every old cursor reads as lost. In a
+//!   cluster the scripts cannot touch it (another shard): instances read it once a second
+//!   and pass it in; a shard that lost its data shows as counters that start afresh.
 //! - `<p>{<channel>}:seq`: the channel's last id (INCR).
 //! - `<p>{<channel>}:log`: the channel's history, a stream with entry ids `<seq>-0` and
 //!   fields `p` (the previous id) and `m` (the message envelope).
 //! - `<p>{<channel>}`: the pub/sub channel; payload `<epoch> <seq> <prev> <envelope>`.
-//! - `<p>idem:<sha256(key)>`: `<fingerprint>|<ids>` for 5 minutes.
+//! - `<p>{<channel>}:idem:<sha256(key)>`: `<fingerprint>|<ids>` for 5 minutes, on the
+//!   shard of the first channel of the (part of the) request it records.
 //! - `<p>{<channel>}:present`, `:info`, `:present:<instance>`: presence (see `PRESENCE`);
 //!   `<p>instances`, `<p>alive:<instance>`, `<p>inst:<instance>`: which instances are
 //!   alive and where they have members, so a dead one's members can be made to leave.
@@ -24,25 +27,33 @@
 
 use redis::Script;
 
-/// Publishes messages atomically.
+/// Publishes messages atomically (all of them on one Redis; in a cluster, the part of
+/// a request whose channels live on one shard).
 ///
-/// KEYS: `epoch`, then per message `seq`, `log`, then per idempotent item its key.
-/// ARGV: `epoch candidate`, `idem ttl s`, `n items`, then per item
+/// KEYS: per message `seq`, `log`; then per idempotent item its key; then, unless in a
+/// cluster, `epoch`. ARGV: `epoch` (a candidate, or in a cluster the known epoch),
+/// `1` when the last key is `epoch`, `idem ttl s`, `n items`, then per item
 /// `n messages, idem key index (0 = none), fingerprint`, then per message
 /// `pub/sub channel, history size, ttl ms, ephemeral 0/1, envelope`.
 /// Returns `{epoch, conflict index (0 = none), per item "<ids comma separated>"}`.
 /// A fresh counter starts at the clock in microseconds (and above the log's last id), so
 /// an id is never reused within an epoch even after a quiet channel's keys expired.
+/// In a cluster, messages go out with SPUBLISH (sharded pub/sub).
 const PUBLISH: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
+local epoch = ARGV[1]
+if ARGV[2] == '1' then
+  epoch = redis.call('GET', KEYS[#KEYS])
+  if not epoch then
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[#KEYS], epoch)
+  end
 end
-local ttl_idem = tonumber(ARGV[2])
-local nitems = tonumber(ARGV[3])
+local publish = 'PUBLISH'
+if ARGV[2] ~= '1' then publish = 'SPUBLISH' end
+local ttl_idem = tonumber(ARGV[3])
+local nitems = tonumber(ARGV[4])
 -- First pass: idempotency conflicts publish nothing.
-local a = 4
+local a = 5
 for i = 1, nitems do
   local nmsg, ki, fp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   if ki > 0 then
@@ -54,8 +65,8 @@ for i = 1, nitems do
   a = a + 3 + nmsg * 5
 end
 local out = {}
-local k = 2
-a = 4
+local k = 1
+a = 5
 for i = 1, nitems do
   local nmsg, ki, fp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 3
@@ -74,7 +85,7 @@ for i = 1, nitems do
       a = a + 5
       k = k + 2
       if eph == '1' then
-        redis.call('PUBLISH', chan, epoch .. ' 0 0 ' .. env)
+        redis.call(publish, chan, epoch .. ' 0 0 ' .. env)
         ids[m] = '0'
       else
         local seq = redis.call('INCR', seqk)
@@ -96,7 +107,7 @@ for i = 1, nitems do
           redis.call('XADD', logk, 'MAXLEN', size, s .. '-0', 'p', p, 'm', env)
           redis.call('PEXPIRE', logk, ttl)
         end
-        redis.call('PUBLISH', chan, epoch .. ' ' .. s .. ' ' .. p .. ' ' .. env)
+        redis.call(publish, chan, epoch .. ' ' .. s .. ' ' .. p .. ' ' .. env)
         ids[m] = s
       end
     end
@@ -111,19 +122,23 @@ return {epoch, 0, out}
 
 /// Reads where a channel stands and, optionally, its history after a position.
 ///
-/// KEYS: `epoch`, `seq`, `log`. ARGV: `epoch candidate`, `after` (-1: head only), `count`.
-/// Returns `{epoch, head, entries}` with entries as XRANGE gives them.
+/// KEYS: `seq`, `log`, then (unless in a cluster) `epoch`. ARGV: `epoch` (candidate or
+/// known, as for `PUBLISH`), `1` when the last key is `epoch`, `after` (-1: head only),
+/// `count`. Returns `{epoch, head, entries}` with entries as XRANGE gives them.
 const READ: &str = r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch)
+local epoch = ARGV[1]
+if ARGV[2] == '1' then
+  epoch = redis.call('GET', KEYS[3])
+  if not epoch then
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[3], epoch)
+  end
 end
-local head = redis.call('GET', KEYS[2]) or '0'
-if ARGV[2] == '-1' then
+local head = redis.call('GET', KEYS[1]) or '0'
+if ARGV[3] == '-1' then
   return {epoch, head, {}}
 end
-local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
 return {epoch, head, entries}
 ";
 
@@ -132,8 +147,8 @@ return {epoch, head, entries}
 /// `leave` when it returns to 0 (once per user, whatever the number of instances).
 ///
 /// KEYS: `count` (user → connections, cluster-wide), `info` (user → info JSON), `mine`
-/// (user → connections on this instance). ARGV: pub/sub channel, then per present user
-/// `user, connections, info JSON`. An empty list is the instance leaving the channel
+/// (user → connections on this instance). ARGV: pub/sub channel, `PUBLISH` or
+/// `SPUBLISH` (cluster), then per present user `user, connections, info JSON`. An empty list is the instance leaving the channel
 /// (also how a dead instance is reaped). Returns the number of users present here.
 const PRESENCE: &str = r#"
 local old = redis.call('HGETALL', KEYS[3])
@@ -142,10 +157,10 @@ for i = 1, #old, 2 do before[old[i]] = tonumber(old[i + 1]) end
 local seen = {}
 local function announce(kind, user, info)
   local env = '{"k":"' .. kind .. '","u":' .. cjson.encode(user) .. ',"i":' .. info .. ',"d":null}'
-  redis.call('PUBLISH', ARGV[1], '0 0 0 ' .. env)
+  redis.call(ARGV[2], ARGV[1], '0 0 0 ' .. env)
 end
 local here = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local user, n, info = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   seen[user] = true
   here = here + 1
@@ -241,8 +256,10 @@ impl Keys {
         format!("{}inst:{instance}", self.prefix)
     }
 
-    pub fn idempotency(&self, hashed: &str) -> String {
-        format!("{}idem:{hashed}", self.prefix)
+    /// An idempotency record, on the shard of `channel` (the first channel of the part
+    /// of a request that shard publishes).
+    pub fn idempotency(&self, channel: &str, hashed: &str) -> String {
+        format!("{}{{{channel}}}:idem:{hashed}", self.prefix)
     }
 
     /// The sidewire channel a pub/sub channel name carries, if it is one of ours.

@@ -26,6 +26,16 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn spawn(port: u16, dir: &Path, durable: bool, extra: &[&str]) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"])
@@ -137,5 +147,48 @@ impl Drop for RedisServer {
         // A paused server would ignore SIGKILL's reaping only until continued; kill works
         // on stopped processes too.
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas) on free loopback ports, made with
+/// `redis-cli --cluster create` as an operator would.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_cluster_port();
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+            let child = spawn(port, dir.path(), false, &extra);
+            let node = RedisServer { port, child: Some(child), dir, durable: false };
+            node.wait_ready().await;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli (apt-get install -y redis-tools): {e}"));
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        for node in &nodes {
+            let port = node.port;
+            eventually("cluster_state:ok", || async move {
+                command(port, "CLUSTER INFO").await.filter(|r| r.contains("cluster_state:ok")).map(|_| ())
+            })
+            .await;
+        }
+        Self { nodes }
+    }
+
+    /// A seed node's URL (the client discovers the others).
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
     }
 }
