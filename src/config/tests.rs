@@ -153,3 +153,17 @@ fn restart_required_lists_listeners() {
     let b = Config::from_yaml("listen: \"127.0.0.1:1\"\nbackend: { timeout: 1s }\n", &no_env).unwrap();
     assert_eq!(a.restart_required(&b), vec!["listen"]);
 }
+
+#[test]
+fn redis_broker() {
+    let yaml = r#"broker: { kind: redis, url: "rediss://user:pw@redis.internal:6380/0", cluster: true, key_prefix: "app:", timeout: 750ms }"#;
+    let c = Config::from_yaml(yaml, &|_| None).unwrap();
+    let BrokerConfig::Redis(r) = &c.broker else { panic!("{:?}", c.broker) };
+    assert!(r.cluster);
+    assert_eq!((r.key_prefix.as_str(), r.timeout), ("app:", Duration::from_millis(750)));
+    let p = problems(r#"broker: { kind: redis, url: "http://x", key_prefix: "a{b}", timeout: 0s }"#);
+    let has = |needle: &str| p.iter().any(|l| l.starts_with(needle));
+    assert!(has("broker.url: "), "{p:#?}");
+    assert!(has("broker.key_prefix: "), "{p:#?}");
+    assert!(has("broker.timeout: "), "{p:#?}");
+}
