@@ -10,17 +10,28 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::State;
+use crate::broker::Broker;
 use crate::config::Config;
-use crate::realtime;
+use crate::metrics::Metrics;
 use crate::respond::{Body, Rejection, json, text, with_body};
+use crate::shutdown::Shutdown;
+use crate::{Live, policy, router};
+
+/// What the admin API touches.
+#[derive(Clone)]
+pub struct Admin {
+    pub config: Live,
+    pub broker: Broker,
+    pub metrics: std::sync::Arc<Metrics>,
+    pub shutdown: Shutdown,
+}
 
 /// prometheus-client writes OpenMetrics (`# TYPE x counter` over `x_total` samples, `# EOF`);
 /// labelled as the classic 0.0.4 text format, Prometheus would drop every counter's type.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves one admin request.
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Admin, req: Request<Incoming>) -> Response<Body> {
     let config = state.config.load_full();
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
@@ -38,7 +49,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Ready while the listeners are up, the broker is reachable and we are not draining.
-fn readyz(state: &State) -> Response<Body> {
+fn readyz(state: &Admin) -> Response<Body> {
     if state.shutdown.is_triggered() {
         text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else if !state.broker.is_ready() {
@@ -72,11 +83,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /publish`.
-async fn publish(state: &State, config: &Config, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+async fn publish(state: &Admin, config: &Config, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, &req)?;
     let limit = (config.limits.max_message_bytes * 4).max(1 << 20);
     let body = read_body(req, limit).await?;
-    let ids = crate::publish::publish_body(state, config, &body).await?;
+    let ids = crate::publish::publish_body(&state.broker, config, &body).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "ids": ids })))
 }
 
@@ -98,16 +109,16 @@ fn bad(message: impl Into<String>) -> Rejection {
 
 /// `GET /presence?channel=…`: users present on a presence channel (redis mode: on every
 /// instance).
-async fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+async fn presence(state: &Admin, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, req)?;
-    let query = realtime::query_pairs(req.uri().query());
+    let query = router::query_pairs(req.uri().query());
     let name = query
         .iter()
         .find(|(k, _)| k == "channel")
         .map(|(_, v)| v.as_str())
         .ok_or_else(|| bad("?channel= is required"))?;
-    let channel = realtime::channel_name(name)?;
-    let policy = realtime::policy(config, &channel).ok_or_else(|| {
+    let channel = policy::channel_name(name)?;
+    let policy = policy::policy(config, &channel).ok_or_else(|| {
         Rejection::json(StatusCode::BAD_REQUEST, "unknown_channel", format!("no channel policy matches {channel}"))
     })?;
     if !policy.presence {
@@ -124,7 +135,7 @@ async fn presence(state: &State, config: &Config, req: &Request<Incoming>) -> Re
 }
 
 /// `GET /channels`: channels with subscribers on this instance.
-fn channels(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+fn channels(state: &Admin, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, req)?;
     let list: Vec<serde_json::Value> = state
         .broker

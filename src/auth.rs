@@ -20,11 +20,12 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::State;
 use crate::config::AuthConfig;
 use crate::names::ChannelPattern;
 use crate::protocol::close_code;
+use crate::proxy::Backend;
 use crate::proxy::Peer;
+use crate::realtime::Realtime;
 use crate::respond::{Rejection, full};
 
 /// Most cached answers; beyond it expired ones are dropped, then everything.
@@ -213,16 +214,16 @@ impl Auth {
     /// else the cached or fresh answer of the backend.
     pub async fn identify(
         &self,
-        state: &State,
+        backend: &Backend,
         cred: Option<&Credential>,
         req: AuthRequest<'_>,
     ) -> Result<Arc<Identity>, AuthError> {
-        let config = state.config.load_full();
+        let config = backend.config.load_full();
         let Some(cred) = cred else {
             return if config.auth.anonymous { Ok(Arc::new(Identity::anonymous())) } else { Err(AuthError::Missing) };
         };
         let cell = self.cell(cred.key);
-        let outcome = cell.get_or_init(|| ask_backend(state, &config.auth, cred, req)).await.clone();
+        let outcome = cell.get_or_init(|| ask_backend(backend, &config.auth, cred, req)).await.clone();
         match outcome {
             Outcome::Allowed(id) => Ok(id),
             Outcome::Denied(e, _) => Err(e),
@@ -270,8 +271,8 @@ fn expired(outcome: &Outcome, now: Instant) -> bool {
 }
 
 /// One backend auth call, mapped to an outcome.
-async fn ask_backend(state: &State, cfg: &AuthConfig, cred: &Credential, req: AuthRequest<'_>) -> Outcome {
-    let proxy = state.proxy();
+async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req: AuthRequest<'_>) -> Outcome {
+    let proxy = backend.pool();
     let body = serde_json::json!({
         "token": cred.token,
         "transport": req.transport,
@@ -295,7 +296,7 @@ async fn ask_backend(state: &State, cfg: &AuthConfig, cred: &Credential, req: Au
     if let Some(v) = &cred.forwarded_for {
         h.insert("x-forwarded-for", v.clone());
     }
-    let res = match proxy.send(call, &state.metrics).await {
+    let res = match proxy.send(call, &backend.metrics).await {
         Ok(res) => res,
         Err(e) => {
             tracing::warn!(error = %e, "auth call failed");
@@ -361,7 +362,7 @@ const MIN_RECHECK: Duration = Duration::from_secs(1);
 /// identity, or `Err` when the backend now refuses the credential. Anonymous identities
 /// never expire. Cancel-safe (only sleeps and the cached, shared auth call).
 pub async fn recheck(
-    state: Arc<State>,
+    state: Arc<Realtime>,
     cred: Option<Credential>,
     current: Arc<Identity>,
     transport: &'static str,
@@ -374,7 +375,7 @@ pub async fn recheck(
         };
         tokio::time::sleep_until(deadline).await;
         let ask = AuthRequest { transport, path: &path, channels: Vec::new() };
-        match state.auth.identify(&state, cred.as_ref(), ask).await {
+        match state.auth.identify(&state.backend, cred.as_ref(), ask).await {
             Ok(id) => return Ok(id),
             Err(AuthError::Unavailable(e)) => {
                 tracing::debug!(error = %e, "re-check could not reach the backend; keeping the connection");

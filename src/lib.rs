@@ -9,16 +9,22 @@
 //! - [`tls`]: rustls termination with certificate hot reload.
 //! - [`router`]: request → [`router::Route`], pure.
 //! - [`proxy`]: pass-through to the backend (hop-by-hop hygiene, X-Forwarded-*, streamed
-//!   bodies, upgrade tunnels, 502/504) and the backend connection pool.
+//!   bodies, upgrade tunnels, 502/504) and [`proxy::Backend`], the pool every backend
+//!   call goes through.
 //! - [`asset`]: `{prefix}/client.js`, the embedded browser client.
-//! - [`admin`]: health, readiness, metrics. [`metrics`]: the Prometheus registry.
+//! - [`admin`]: the admin API (publish, presence, channels, health, readiness, metrics)
+//!   and its handle. [`metrics`]: the Prometheus registry.
 //! - [`shutdown`]: cancellation, task tracking and signals. [`respond`]: body type, errors.
 //! - [`names`], [`template`]: channel names, patterns, route and channel templates.
-//! - [`hub`]: channels, subscribers, history, ids and cursors; [`broker`]: the publish path.
-//! - [`ws`], [`sse`], [`longpoll`]: one transport each; [`stream`]: the multi-channel
-//!   cursor SSE and long-poll share; [`realtime`]: identity, channel policy, publishing.
-//!   [`ws::frames`]: RFC 6455 plumbing, shared with the Autobahn echo example.
-//! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: the publish API.
+//! - [`broker`]: the one publish path (ids, idempotency, history for resume; memory or
+//!   Redis); [`hub`]: this instance's channels, subscribers, rings, presence, fan-out.
+//! - [`ws`], [`sse`], [`longpoll`]: one transport each, built with the [`realtime`]
+//!   handle; [`stream`]: the multi-channel cursor SSE and long-poll share;
+//!   [`identity`]: origin and who the client is; [`policy`]: which channels it may use;
+//!   [`session`]: a connection's lifetime. [`ws::frames`]: RFC 6455 plumbing, shared
+//!   with the Autobahn echo example.
+//! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: what a publish
+//!   request says and the checks every message passes (no HTTP).
 //! - [`limits`]: connection admission and client message rate.
 //! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed
 //!   client messages and batched lifecycle events to the backend.
@@ -34,11 +40,13 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod identity;
 pub mod limits;
 pub mod listen;
 pub mod longpoll;
 pub mod metrics;
 pub mod names;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod publish;
@@ -46,6 +54,7 @@ pub mod realtime;
 pub mod respond;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod sse;
 pub mod stream;
@@ -65,37 +74,30 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use metrics::Metrics;
-use proxy::{Peer, Proxy};
+use proxy::{Backend, Peer};
 use respond::{Body, Rejection};
 use router::Route;
 use shutdown::Shutdown;
 use tls::Tls;
 
-/// State shared by every connection: a few cheap handles, each owning its own state.
+/// The live config: replaced whole on reload, read once per request. Every handle holds it.
+pub type Live = Arc<ArcSwap<Config>>;
+
+/// Everything a running sidewire holds. The listeners (`server`, `workers`) serve with it;
+/// each entry point gets only the handle it needs: [`realtime::Realtime`] for the
+/// transports, [`admin::Admin`] for the admin API, [`Backend`] for pass-through.
 pub struct State {
-    /// The live config; replaced whole on reload.
-    pub config: ArcSwap<Config>,
-    /// The backend pool; rebuilt when `backend` changes on reload.
-    pub proxy: ArcSwap<Proxy>,
+    pub config: Live,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     pub tls: Option<Arc<Tls>>,
-    /// The publish path and this instance's hub (`broker.hub()`).
-    pub broker: broker::Broker,
-    pub limits: limits::Limits,
-    pub auth: auth::Auth,
-    pub lifecycle: webhook::Lifecycle,
+    pub backend: Backend,
+    pub realtime: Arc<realtime::Realtime>,
+    pub admin: admin::Admin,
 }
 
 /// How often expired history is swept from idle channels.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl State {
-    /// The calling thread's backend pool for the current backend config.
-    pub fn proxy(&self) -> Proxy {
-        Proxy::local(&self.proxy.load())
-    }
-}
 
 /// Why [`App::bind`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,17 +157,26 @@ impl App {
                 config.heartbeat.interval,
             )?),
         };
-        let state = Arc::new(State {
-            proxy: ArcSwap::from_pointee(Proxy::new(&config.backend)),
-            config: ArcSwap::from_pointee(config),
-            metrics,
-            shutdown: Shutdown::new(),
-            tls,
-            broker,
+        let config: Live = Arc::new(ArcSwap::from_pointee(config));
+        let shutdown = Shutdown::new();
+        let backend = Backend::new(Arc::clone(&config), Arc::clone(&metrics));
+        let realtime = Arc::new(realtime::Realtime {
+            config: Arc::clone(&config),
+            broker: broker.clone(),
             limits: limits::Limits::default(),
             auth: auth::Auth::default(),
             lifecycle,
+            backend: backend.clone(),
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
         });
+        let admin_api = admin::Admin {
+            config: Arc::clone(&config),
+            broker,
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
+        };
+        let state = Arc::new(State { config, metrics, shutdown, tls, backend, realtime, admin: admin_api });
         Ok(Self { state, workers, admin, events })
     }
 
@@ -191,11 +202,11 @@ impl App {
         if let (Some(tls), Some(cfg)) = (&state.tls, &state.config.load().tls) {
             sd.spawn(Arc::clone(tls).watch(cfg.watch_interval, Arc::clone(&state.metrics), sd.clone()));
         }
-        sd.spawn(sweep(state.broker.hub().clone(), sd.clone()));
-        if let broker::Broker::Redis(redis) = &state.broker {
+        sd.spawn(sweep(state.admin.broker.hub().clone(), sd.clone()));
+        if let broker::Broker::Redis(redis) = &state.admin.broker {
             sd.spawn(redis.clone().run(sd.clone()));
         }
-        sd.spawn(webhook::run(Arc::clone(&state), self.events, sd.clone()));
+        sd.spawn(webhook::run(state.backend.clone(), self.events, sd.clone()));
         tracing::info!("sidewire is serving");
         sd.cancelled().await;
         tracing::info!("shutting down: draining connections");
@@ -230,7 +241,7 @@ impl Handle {
             (n, o) => *n = o.clone(),
         }
         if new.backend != old.backend {
-            state.proxy.store(Arc::new(Proxy::new(&new.backend)));
+            state.backend.rebuild(&new.backend);
         }
         if let (Some(tls), Some(cfg)) = (&state.tls, &new.tls) {
             tls.set_paths(&cfg.cert, &cfg.key);
@@ -254,16 +265,18 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     let path = req.uri().path().to_owned();
     let res = match router::route(&config, &path) {
         Route::PassThrough => {
-            let proxy = state.proxy();
+            let proxy = state.backend.pool();
             proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
         }
         Route::Reserved(rest) => asset::serve(rest, &req),
         // Boxed: hyper keeps the request future's allocation for the connection's whole
         // life, so the large realtime futures (auth call included) must not size it.
         Route::Realtime(route, params) => match route.transport {
-            config::Transport::WebSocket => ws::upgrade(&state, &config, route, params, peer, req),
-            config::Transport::Sse => Box::pin(sse::open(&state, &config, route, params, peer, req)).await,
-            config::Transport::LongPoll => Box::pin(longpoll::wait(&state, &config, route, params, peer, req)).await,
+            config::Transport::WebSocket => ws::upgrade(&state.realtime, &config, route, params, peer, req),
+            config::Transport::Sse => Box::pin(sse::open(&state.realtime, &config, route, params, peer, req)).await,
+            config::Transport::LongPoll => {
+                Box::pin(longpoll::wait(&state.realtime, &config, route, params, peer, req)).await
+            }
         },
     };
     let res = res.unwrap_or_else(Rejection::into_response);

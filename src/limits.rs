@@ -84,6 +84,13 @@ pub fn client_rate(rate: Rate) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
 }
 
+/// Refusal of a connection by the limits, as an HTTP 429.
+impl From<Refused> for crate::respond::Rejection {
+    fn from(e: Refused) -> Self {
+        crate::respond::Rejection::json(http::StatusCode::TOO_MANY_REQUESTS, "too_many_connections", e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

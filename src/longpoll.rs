@@ -12,14 +12,15 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::State;
 use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::Message;
 use crate::proxy::Peer;
-use crate::realtime::{self, Session};
+use crate::realtime::Realtime;
 use crate::respond::{Body, Rejection, json};
+use crate::session::Session;
 use crate::stream::Stream;
 use crate::template::Params;
+use crate::{identity, router};
 
 /// Longest wait a client may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,7 +44,7 @@ fn timeout(query: &[(String, String)]) -> Result<Duration, Rejection> {
 
 /// Serves one poll.
 pub async fn wait(
-    state: &Arc<State>,
+    state: &Arc<Realtime>,
     config: &Arc<Config>,
     route: &RouteConfig,
     params: Params,
@@ -53,10 +54,10 @@ pub async fn wait(
     if req.method() != Method::GET {
         return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "long-poll uses GET"));
     }
-    let query = realtime::query_pairs(req.uri().query());
+    let query = router::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
-    let target = realtime::Target { route, params: &params, query: &query, transport: "longpoll" };
-    let opening = realtime::stream_request(state, config, target, peer, &req).await?;
+    let target = identity::Target { route, params: &params, query: &query, transport: "longpoll" };
+    let opening = identity::stream_request(state, config, target, peer, &req).await?;
     let (identity, channels) = (opening.identity, opening.channels);
     let since = query.iter().find(|(k, _)| k == "since").map(|(_, v)| v.as_str());
     let session = Session::admit(state, config, peer.addr.ip(), Transport::LongPoll, identity)?;

@@ -91,6 +91,33 @@ const HOP_HEADERS: [&str; 8] = [
     "upgrade",
 ];
 
+/// What talking to the backend needs, for every caller (pass-through, auth calls,
+/// webhooks): the pool (rebuilt when `backend` changes on reload), the live config and
+/// the metrics the calls record.
+#[derive(Clone)]
+pub struct Backend {
+    pool: Arc<arc_swap::ArcSwap<Proxy>>,
+    pub config: crate::Live,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Backend {
+    pub fn new(config: crate::Live, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        let pool = Arc::new(arc_swap::ArcSwap::from_pointee(Proxy::new(&config.load().backend)));
+        Self { pool, config, metrics }
+    }
+
+    /// The calling thread's pool for the current backend config.
+    pub fn pool(&self) -> Proxy {
+        Proxy::local(&self.pool.load())
+    }
+
+    /// A new pool for a reloaded `backend` section.
+    pub fn rebuild(&self, backend: &BackendConfig) {
+        self.pool.store(Arc::new(Proxy::new(backend)));
+    }
+}
+
 /// The backend client: a keep-alive pool plus the target and timeouts.
 #[derive(Clone)]
 pub struct Proxy {

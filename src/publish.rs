@@ -6,19 +6,22 @@
 //! all of it or none, so an error never leaves a batch half-published. An
 //! `idempotency_key` makes a retried publish return the first ids instead of delivering
 //! twice (the broker remembers keys for 5 minutes; redis mode: on every instance).
-//! No HTTP here: the admin handlers parse the request and call [`publish_body`].
+//! Also the checks every message passes whoever publishes it ([`prepare`]: policy, size,
+//! event name) and the compaction of its data. No HTTP here: the admin handlers read the
+//! request and call [`publish_body`].
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use http::StatusCode;
 
-use crate::State;
-use crate::broker::{Idempotency, Outgoing};
+use crate::broker::{Broker, Idempotency, Outgoing};
 use crate::config::Config;
-use crate::hub::ConnId;
+use crate::hub::cursor::MessageId;
+use crate::hub::{ConnId, Draft, Retention};
 use crate::names::ChannelName;
-use crate::realtime::{self, ChannelError, Publish};
+use crate::policy::{self, ChannelError, policy, retention};
+use crate::protocol::ErrorCode;
 use crate::respond::Rejection;
 
 /// Most messages in one batch.
@@ -91,19 +94,19 @@ fn bad(message: impl Into<String>) -> Rejection {
 }
 
 /// Publishes the body of a `POST /publish`; returns the ids, in order.
-pub async fn publish_body(state: &State, config: &Config, body: &[u8]) -> Result<Vec<Option<String>>, Rejection> {
+pub async fn publish_body(broker: &Broker, config: &Config, body: &[u8]) -> Result<Vec<Option<String>>, Rejection> {
     let payload: Payload = serde_json::from_slice(body).map_err(|e| bad(format!("malformed publish request: {e}")))?;
-    publish_items(state, config, payload.into_items()?).await
+    publish_items(broker, config, payload.into_items()?).await
 }
 
-async fn publish_items(state: &State, config: &Config, items: Vec<Item>) -> Result<Vec<Option<String>>, Rejection> {
+async fn publish_items(broker: &Broker, config: &Config, items: Vec<Item>) -> Result<Vec<Option<String>>, Rejection> {
     let checked =
-        items.iter().enumerate().map(|(i, item)| check(state, config, item, i)).collect::<Result<Vec<_>, _>>()?;
-    let ids = state.broker.publish(checked).await?;
+        items.iter().enumerate().map(|(i, item)| check(broker, config, item, i)).collect::<Result<Vec<_>, _>>()?;
+    let ids = broker.publish(checked).await?;
     Ok(ids.into_iter().flatten().map(|id| id.map(|i| i.to_string())).collect())
 }
 
-fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejection> {
+fn check(broker: &Broker, config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejection> {
     let at = |msg: String| {
         if index == 0 { msg } else { format!("messages[{index}]: {msg}") }
     };
@@ -123,14 +126,14 @@ fn check(state: &State, config: &Config, item: &Item, index: usize) -> Result<Ou
     let data = item.data.as_deref().ok_or_else(|| bad(at("\"data\" is required".into())))?;
     let exclude: Option<ConnId> = match &item.exclude_connection {
         // A connection of another instance is not here to exclude.
-        Some(text) => state.broker.hub().parse_conn(text),
+        Some(text) => broker.hub().parse_conn(text),
         None => None,
     };
     let mut drafts = Vec::with_capacity(names.len());
     for name in names {
-        let channel: ChannelName = realtime::channel_name(name).map_err(|e| with_index(e, index))?;
+        let channel: ChannelName = policy::channel_name(name).map_err(|e| with_index(e, index))?;
         let p = Publish { channel: &channel, event: item.event.as_deref(), data, exclude };
-        drafts.push(realtime::prepare(config, &p).map_err(|e| with_index(e, index))?);
+        drafts.push(prepare(config, &p).map_err(|e| with_index(e, index))?);
     }
     let idempotency = item.idempotency_key.as_deref().filter(|k| !k.is_empty()).map(|k| Idempotency::new(k, &drafts));
     Ok(Outgoing { drafts, idempotency })
@@ -146,14 +149,91 @@ fn with_index(mut e: ChannelError, index: usize) -> Rejection {
 /// Publishes a JSON array of messages in the publish API's item form (the `publish`
 /// list of a webhook answer); checked whole first, like a batch.
 pub async fn publish_list(
-    state: &State,
+    broker: &Broker,
     config: &Config,
     list: &serde_json::Value,
 ) -> Result<Vec<Option<String>>, Rejection> {
     // Items hold `RawValue`, which only deserializes from text.
     let items: Vec<Item> =
         serde_json::from_str(&list.to_string()).map_err(|e| bad(format!("malformed publish list: {e}")))?;
-    publish_items(state, config, items).await
+    publish_items(broker, config, items).await
+}
+
+/// A message to publish, as the API or a client gave it.
+pub struct Publish<'a> {
+    pub channel: &'a ChannelName,
+    pub event: Option<&'a str>,
+    pub data: &'a RawValue,
+    pub exclude: Option<ConnId>,
+}
+
+/// Checks a message against its channel policy and the size limit, before anything is
+/// published (a batch is checked whole first). Returns the draft and its retention.
+pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), ChannelError> {
+    let policy = policy(config, p.channel).ok_or_else(|| {
+        ChannelError::new(ErrorCode::UnknownChannel, format!("no channel policy matches {}", p.channel))
+    })?;
+    if p.data.get().len() > config.limits.max_message_bytes {
+        return Err(ChannelError::new(
+            ErrorCode::TooLarge,
+            format!("data is larger than {} bytes", config.limits.max_message_bytes),
+        ));
+    }
+    if let Some(ev) = p.event
+        && (ev.is_empty() || ev.len() > 64 || ev.contains(['\n', '\r']))
+    {
+        return Err(ChannelError::new(ErrorCode::BadRequest, "event names are 1-64 characters without line breaks"));
+    }
+    let ephemeral = p.event.is_some_and(|e| policy.ephemeral.iter().any(|x| x == e));
+    let draft = Draft {
+        channel: p.channel.clone(),
+        event: p.event.map(Into::into),
+        data: compact(p.data),
+        ephemeral,
+        exclude: p.exclude,
+    };
+    Ok((draft, retention(policy)))
+}
+
+/// Publishes one prepared message (a client's) through the broker.
+pub async fn publish_one(
+    broker: &Broker,
+    draft: Draft,
+    retention: Retention,
+) -> Result<Option<MessageId>, ChannelError> {
+    let item = Outgoing { drafts: vec![(draft, retention)], idempotency: None };
+    match broker.publish(vec![item]).await {
+        Ok(ids) => Ok(ids.into_iter().next().and_then(|i| i.into_iter().next()).flatten()),
+        Err(e) => Err(ChannelError::from(e)),
+    }
+}
+
+/// JSON with every insignificant space removed (SSE sends data as compact JSON). Works
+/// on the text, so numbers keep their exact digits.
+pub fn compact(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -172,5 +252,11 @@ mod tests {
         assert_eq!(null.data.as_ref().unwrap().get(), "null");
         let mixed: Payload = serde_json::from_str(r#"{"messages":[{"channel":"a","data":1}],"event":"e"}"#).unwrap();
         assert!(mixed.into_items().is_err());
+    }
+
+    #[test]
+    fn compacts_outside_strings() {
+        let raw = RawValue::from_string(r#"{ "a" : [1, 2.50, "x y\" z" ], "b":	true }"#.into()).unwrap();
+        assert_eq!(compact(&raw).get(), r#"{"a":[1,2.50,"x y\" z"],"b":true}"#);
     }
 }

@@ -4,7 +4,7 @@
 //! match wins), else pass-through to the backend.
 
 use crate::config::{Config, RouteConfig};
-use crate::template::Params;
+use crate::template::{Params, percent_decode};
 
 /// Where a request goes.
 #[derive(Debug, PartialEq)]
@@ -30,6 +30,18 @@ pub fn route<'a>(config: &'a Config, path: &'a str) -> Route<'a> {
         }
     }
     Route::PassThrough
+}
+
+/// Decoded query parameters, in order.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    let Some(q) = query else { return Vec::new() };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,5 +95,14 @@ routes:
             };
             assert_eq!(&got, want, "path {path}");
         }
+    }
+
+    #[test]
+    fn query() {
+        let q = query_pairs(Some("channel=a&channel=room%3A1&x&lastEventId=ab.1+2"));
+        assert_eq!(q[0], ("channel".into(), "a".into()));
+        assert_eq!(q[1], ("channel".into(), "room:1".into()));
+        assert_eq!(q[2], ("x".into(), "".into()));
+        assert_eq!(q[3], ("lastEventId".into(), "ab.1 2".into()));
     }
 }

@@ -197,7 +197,7 @@ async fn first_request_within(
 
 async fn dispatch(state: Arc<State>, kind: Kind, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     match kind {
-        Kind::Admin => crate::admin::handle(&state, req).await,
+        Kind::Admin => crate::admin::handle(&state.admin, req).await,
         Kind::Public | Kind::Tls => crate::handle(state, peer, req).await,
     }
 }

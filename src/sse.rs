@@ -23,13 +23,14 @@ use hyper::body::Incoming;
 use serde_json::value::RawValue;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::State;
 use crate::config::{Config, RouteConfig, Transport};
 use crate::proxy::Peer;
-use crate::realtime::{self, Session};
+use crate::realtime::Realtime;
 use crate::respond::{Body, BoxError, Rejection};
+use crate::session::Session;
 use crate::stream::{Opened, Stream};
 use crate::template::Params;
+use crate::{identity, policy, router};
 
 /// Reconnection delay announced to clients, ms.
 const RETRY_MS: u64 = 2000;
@@ -58,7 +59,7 @@ pub fn encode_body(event: Option<&str>, data: &RawValue) -> String {
 
 /// Opens an SSE stream or refuses before it starts.
 pub async fn open(
-    state: &Arc<State>,
+    state: &Arc<Realtime>,
     config: &Arc<Config>,
     route: &RouteConfig,
     params: Params,
@@ -68,9 +69,9 @@ pub async fn open(
     if req.method() != Method::GET {
         return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
     }
-    let query = realtime::query_pairs(req.uri().query());
-    let target = realtime::Target { route, params: &params, query: &query, transport: "sse" };
-    let opening = realtime::stream_request(state, config, target, peer, &req).await?;
+    let query = router::query_pairs(req.uri().query());
+    let target = identity::Target { route, params: &params, query: &query, transport: "sse" };
+    let opening = identity::stream_request(state, config, target, peer, &req).await?;
     let (cred, identity, channels) = (opening.cred, opening.identity, opening.channels);
     let last_id = req
         .headers()
@@ -97,7 +98,7 @@ pub async fn open(
 
 /// What re-checking the client's identity at its TTL needs.
 struct Recheck {
-    state: Arc<State>,
+    state: Arc<Realtime>,
     cred: Option<crate::auth::Credential>,
     path: String,
 }
@@ -115,7 +116,7 @@ impl Recheck {
     /// Whether a refreshed identity still covers every channel of the stream.
     fn still_allowed(&self, identity: &crate::auth::Identity, stream: &Stream) -> bool {
         let config = self.state.config.load();
-        stream.session.channels.iter().all(|c| realtime::authorize(&config, identity, c).is_ok())
+        stream.session.channels.iter().all(|c| policy::authorize(&config, identity, c).is_ok())
     }
 }
 
@@ -135,7 +136,7 @@ struct EventStream {
 }
 
 impl EventStream {
-    fn new(state: &State, config: &Config, mut stream: Stream, opened: Opened, recheck: Recheck) -> Self {
+    fn new(state: &Realtime, config: &Config, mut stream: Stream, opened: Opened, recheck: Recheck) -> Self {
         let mut head = BytesMut::new();
         let _ = write!(head, "retry: {RETRY_MS}\nid: ");
         stream.write_cursor(&mut head);

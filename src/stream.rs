@@ -9,7 +9,7 @@ use crate::broker::{BrokerError, Resume};
 use crate::hub::cursor::{Cursor, Epoch};
 use crate::hub::{Inbox, Message, Retention, outbox_with};
 use crate::names::ChannelName;
-use crate::realtime::Session;
+use crate::session::Session;
 
 /// A live multi-channel subscription.
 pub struct Stream {

@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::State;
 use crate::config::{Secret, WebhookEvent};
+use crate::proxy::Backend;
 use crate::respond::full;
 use crate::shutdown::Shutdown;
 
@@ -59,12 +59,12 @@ pub enum Reply {
 }
 
 /// POSTs `body` (an event object or array) signed to `webhooks.endpoint`.
-pub async fn post(state: &State, body: &Value) -> Reply {
-    let config = state.config.load_full();
+pub async fn post(backend: &Backend, body: &Value) -> Reply {
+    let config = backend.config.load_full();
     let Some(secret) = &config.webhooks.secret else {
         return Reply::Failed("webhooks.secret is not set".into());
     };
-    let proxy = state.proxy();
+    let proxy = backend.pool();
     let uri = match proxy.target(&config.webhooks.endpoint) {
         Ok(u) => u,
         Err(e) => return Reply::Failed(e.to_string()),
@@ -78,7 +78,7 @@ pub async fn post(state: &State, body: &Value) -> Reply {
     if let Ok(v) = HeaderValue::from_str(&sig) {
         req.headers_mut().insert("x-sidewire-signature", v);
     }
-    let res = match proxy.send(req, &state.metrics).await {
+    let res = match proxy.send(req, &backend.metrics).await {
         Ok(r) => r,
         Err(e) => return Reply::Failed(e.to_string()),
     };
@@ -116,18 +116,18 @@ impl Lifecycle {
     }
 
     /// Queues `event` if its type is enabled. Never waits: a full queue drops it.
-    pub fn emit(&self, state: &State, kind: WebhookEvent, event: Value) {
-        if !state.config.load().webhooks.events.contains(&kind) {
+    pub fn emit(&self, backend: &Backend, kind: WebhookEvent, event: Value) {
+        if !backend.config.load().webhooks.events.contains(&kind) {
             return;
         }
         if self.tx.try_send(event).is_err() {
-            state.metrics.webhook_dropped("queue_full");
+            backend.metrics.webhook_dropped("queue_full");
         }
     }
 }
 
 /// The one lifecycle sender: batches what is waiting, retries with backoff.
-pub async fn run(state: std::sync::Arc<State>, mut rx: mpsc::Receiver<Value>, shutdown: Shutdown) {
+pub async fn run(backend: Backend, mut rx: mpsc::Receiver<Value>, shutdown: Shutdown) {
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -141,19 +141,19 @@ pub async fn run(state: std::sync::Arc<State>, mut rx: mpsc::Receiver<Value>, sh
             }
         }
         let body = if batch.len() == 1 { batch.pop().unwrap_or(Value::Null) } else { Value::Array(batch) };
-        deliver(&state, &body, &shutdown).await;
+        deliver(&backend, &body, &shutdown).await;
     }
 }
 
-async fn deliver(state: &State, body: &Value, shutdown: &Shutdown) {
+async fn deliver(backend: &Backend, body: &Value, shutdown: &Shutdown) {
     let count = body.as_array().map_or(1, Vec::len) as u64;
     let mut delay = BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        match post(state, body).await {
+        match post(backend, body).await {
             Reply::Accepted(_) => return,
             Reply::Rejected(status) => {
                 tracing::warn!(status = status.as_u16(), "backend refused lifecycle events; dropped");
-                state.metrics.webhook_dropped_n("rejected", count);
+                backend.metrics.webhook_dropped_n("rejected", count);
                 return;
             }
             Reply::Failed(e) => tracing::warn!(attempt, error = %e, "lifecycle webhook failed"),
@@ -166,7 +166,7 @@ async fn deliver(state: &State, body: &Value, shutdown: &Shutdown) {
             delay *= 2;
         }
     }
-    state.metrics.webhook_dropped_n("failed", count);
+    backend.metrics.webhook_dropped_n("failed", count);
 }
 
 #[cfg(test)]

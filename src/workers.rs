@@ -3,7 +3,7 @@
 //! Owns: one OS thread per serving slot (`workers`, or one per core). Each has its own
 //! current-thread runtime, its own member of the public SO_REUSEPORT group (and of the
 //! TLS one), and so its own connections, sessions and backend pool
-//! ([`crate::State::proxy`]); nginx and Envoy serve the same way. The caller's runtime
+//! ([`crate::proxy::Backend::pool`]); nginx and Envoy serve the same way. The caller's runtime
 //! keeps the admin listener and the background tasks.
 //!
 //! Lifecycle, so that everything that can fail fails at startup:

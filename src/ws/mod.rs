@@ -28,16 +28,17 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::State;
 use crate::auth::{self, AuthError, AuthRequest, Credential, Identity};
 use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::{Inbox, Message, Outbox, outbox_with};
 use crate::limits::Admission;
 use crate::protocol::{self, ErrorCode, close_code};
 use crate::proxy::Peer;
-use crate::realtime::{self, Session};
+use crate::realtime::Realtime;
 use crate::respond::{Body, Rejection, empty};
+use crate::session::Session;
 use crate::template::{FillError, Params};
+use crate::{identity, policy, router};
 
 /// Messages written per flush when several are queued.
 const BATCH: usize = 64;
@@ -52,7 +53,7 @@ type Expiry = Pin<Box<dyn Future<Output = Result<Arc<Identity>, AuthError>> + Se
 
 /// Validates the handshake, checks origin and limits, and answers 101.
 pub fn upgrade(
-    state: &Arc<State>,
+    state: &Arc<Realtime>,
     config: &Arc<Config>,
     route: &RouteConfig,
     params: Params,
@@ -60,8 +61,8 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = frames::handshake_key(&req)?;
-    realtime::check_origin(config, &req)?;
-    let query = realtime::query_pairs(req.uri().query());
+    identity::check_origin(config, &req)?;
+    let query = router::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
     let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -84,7 +85,7 @@ pub fn upgrade(
 
 /// What the session task takes from the handshake.
 struct Context {
-    state: Arc<State>,
+    state: Arc<Realtime>,
     config: Arc<Config>,
     route: RouteConfig,
     params: Params,
@@ -165,9 +166,9 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let config = Some(frames::config(ctx.config.limits.max_message_bytes));
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
     // WebSocket channels come from the route or later `subscribe` requests, not the query.
-    let channels = realtime::requested_channels(&ctx.route, &ctx.params, &[]);
+    let channels = identity::requested_channels(&ctx.route, &ctx.params, &[]);
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
-    let identity = match Box::pin(ctx.state.auth.identify(&ctx.state, ctx.cred.as_ref(), ask)).await {
+    let identity = match Box::pin(ctx.state.auth.identify(&ctx.state.backend, ctx.cred.as_ref(), ask)).await {
         Ok(id) => id,
         Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
     };
@@ -275,7 +276,7 @@ impl Conn {
     fn on_expiry(&mut self, verdict: Result<Arc<Identity>, AuthError>) -> Result<(), End> {
         let identity = verdict.map_err(|e| End::Close(e.close_code(), e.reason()))?;
         let config = self.ctx.state.config.load();
-        if self.session.channels.iter().any(|c| realtime::authorize(&config, &identity, c).is_err()) {
+        if self.session.channels.iter().any(|c| policy::authorize(&config, &identity, c).is_err()) {
             return Err(End::Close(close_code::FORBIDDEN, "Forbidden"));
         }
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));

@@ -8,13 +8,14 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{Conn, End};
-use crate::State;
 use crate::broker::Resume;
 use crate::config::{ClientPublish, Config};
 use crate::hub::cursor::{Epoch, MessageId};
 use crate::names::ChannelName;
+use crate::policy::{self, ChannelError};
 use crate::protocol::{self, ClientMsg, ErrorCode};
-use crate::realtime::{self, ChannelError, Publish};
+use crate::publish::{self, Publish};
+use crate::realtime::Realtime;
 use crate::webhook::{self, Reply};
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ChannelError {
@@ -31,7 +32,7 @@ fn since(text: Option<&str>) -> Resume {
 }
 
 /// `[{user, connections, info}]` of a presence channel (every instance in redis mode).
-async fn users(state: &State, name: &ChannelName) -> Result<Vec<serde_json::Value>, ChannelError> {
+async fn users(state: &Realtime, name: &ChannelName) -> Result<Vec<serde_json::Value>, ChannelError> {
     let list = state.broker.presence(name).await?;
     Ok(list.into_iter().map(|(user, n, info)| json!({ "user": &*user, "connections": n, "info": info })).collect())
 }
@@ -67,9 +68,9 @@ impl Conn {
         r: Option<&RawValue>,
     ) -> Result<(), End> {
         let config = Arc::clone(&self.ctx.config);
-        let checked = realtime::channel_name(channel).and_then(|name| {
-            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
-            Ok((name, realtime::retention(policy)))
+        let checked = policy::channel_name(channel).and_then(|name| {
+            let policy = policy::authorize(&config, &self.session.identity, &name)?;
+            Ok((name, policy::retention(policy)))
         });
         let (name, retention) = match checked {
             Ok(pair) => pair,
@@ -105,7 +106,7 @@ impl Conn {
     }
 
     async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
-        let name = match realtime::channel_name(channel) {
+        let name = match policy::channel_name(channel) {
             Ok(n) => n,
             Err(e) => return self.refused(e, r).await,
         };
@@ -115,8 +116,8 @@ impl Conn {
 
     async fn presence(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
         let config = Arc::clone(&self.ctx.config);
-        let checked = realtime::channel_name(channel).and_then(|name| {
-            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
+        let checked = policy::channel_name(channel).and_then(|name| {
+            let policy = policy::authorize(&config, &self.session.identity, &name)?;
             if policy.presence {
                 Ok(name)
             } else {
@@ -143,10 +144,10 @@ impl Conn {
         r: Option<&RawValue>,
     ) -> Result<(), End> {
         let config = Arc::clone(&self.ctx.config);
-        let checked = realtime::channel_name(channel).and_then(|name| {
-            let policy = realtime::authorize(&config, &self.session.identity, &name)?;
+        let checked = policy::channel_name(channel).and_then(|name| {
+            let policy = policy::authorize(&config, &self.session.identity, &name)?;
             // Size and event checks apply whoever ends up publishing.
-            let prepared = realtime::prepare(&config, &Publish { channel: &name, event, data, exclude: None })?;
+            let prepared = publish::prepare(&config, &Publish { channel: &name, event, data, exclude: None })?;
             Ok((name, policy.client_publish, prepared))
         });
         let (name, mode, (draft, retention)) = match checked {
@@ -158,7 +159,7 @@ impl Conn {
                 self.refused(refuse(ErrorCode::Forbidden, format!("clients may not publish on {name}")), r).await
             }
             ClientPublish::Broadcast => {
-                let frame = match realtime::publish(&self.ctx.state, draft, retention).await {
+                let frame = match publish::publish_one(&self.ctx.state.broker, draft, retention).await {
                     Ok(id) => protocol::encode(
                         "published",
                         json!({ "channel": name.as_str(), "id": id.map(|i| i.to_string()) }),
@@ -204,7 +205,7 @@ impl Conn {
         let channel = name.clone();
         let reference = r.map(ToOwned::to_owned);
         self.ctx.state.shutdown.spawn(async move {
-            let reply = webhook::post(&state, &body).await;
+            let reply = webhook::post(&state.backend, &body).await;
             permit.send(webhook_outcome(&state, &config, &channel, reply, reference.as_deref()).await);
         });
         Ok(())
@@ -213,7 +214,7 @@ impl Conn {
 
 /// The frame that answers a client publish once the backend has decided.
 async fn webhook_outcome(
-    state: &State,
+    state: &Realtime,
     config: &Config,
     channel: &ChannelName,
     reply: Reply,
@@ -222,7 +223,7 @@ async fn webhook_outcome(
     match reply {
         Reply::Accepted(answer) => {
             let ids = match answer.get("publish") {
-                Some(list) => match crate::publish::publish_list(state, config, list).await {
+                Some(list) => match crate::publish::publish_list(&state.broker, config, list).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "backend webhook answered an unusable publish list");
