@@ -283,6 +283,7 @@ async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req
         Ok(u) => u,
         Err(e) => return Outcome::Failed(AuthError::Unavailable(e.to_string())),
     };
+    let url = uri.to_string();
     let mut call = Request::new(full(body.to_string()));
     *call.method_mut() = Method::POST;
     *call.uri_mut() = uri;
@@ -299,23 +300,30 @@ async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req
     let res = match proxy.send(call, &backend.metrics).await {
         Ok(res) => res,
         Err(e) => {
-            tracing::warn!(error = %e, "auth call failed");
+            tracing::warn!(%url, error = %e,
+                "auth call failed: is the app listening at backend.url, and does it serve POST auth.endpoint?");
             return Outcome::Failed(AuthError::Unavailable(e.to_string()));
         }
     };
     let now = Instant::now();
     match res.status() {
-        StatusCode::OK => parse_answer(res, cfg, now).await,
+        StatusCode::OK => parse_answer(res, cfg, now, &url).await,
         StatusCode::UNAUTHORIZED => Outcome::Denied(AuthError::Invalid, now + cfg.negative_ttl),
         StatusCode::FORBIDDEN => Outcome::Denied(AuthError::Forbidden, now + cfg.negative_ttl),
         other => {
-            tracing::warn!(status = other.as_u16(), "auth endpoint answered an unexpected status");
+            tracing::warn!(%url, status = other.as_u16(),
+                "auth endpoint answered an unexpected status (expected 200 with JSON, 401 or 403)");
             Outcome::Failed(AuthError::Unavailable(format!("auth endpoint answered {other}")))
         }
     }
 }
 
-async fn parse_answer(res: http::Response<hyper::body::Incoming>, cfg: &AuthConfig, now: Instant) -> Outcome {
+async fn parse_answer(
+    res: http::Response<hyper::body::Incoming>,
+    cfg: &AuthConfig,
+    now: Instant,
+    url: &str,
+) -> Outcome {
     let bytes: Bytes = match Limited::new(res.into_body(), MAX_ANSWER).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
@@ -325,7 +333,8 @@ async fn parse_answer(res: http::Response<hyper::body::Incoming>, cfg: &AuthConf
     let answer: Answer = match serde_json::from_slice(&bytes) {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, "auth endpoint answered 200 with an invalid body");
+            tracing::warn!(%url, error = %e,
+                "auth endpoint answered 200 with an invalid body (expected {{\"user\": ..., \"channels\": [...]}})");
             return Outcome::Failed(AuthError::Unavailable(format!("invalid auth answer: {e}")));
         }
     };

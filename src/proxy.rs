@@ -217,14 +217,41 @@ impl Proxy {
 /// the end of the request).
 fn watch_progress(req: Request<Body>) -> (Request<Body>, watch::Receiver<()>) {
     let (tx, rx) = watch::channel(());
-    let req = req.map(|body| {
-        body.map_frame(move |frame| {
-            tx.send_replace(());
-            frame
-        })
-        .boxed_unsync()
-    });
+    let req = req.map(|inner| Progress { inner, tx }.boxed_unsync());
     (req, rx)
+}
+
+/// A request body that signals each frame the backend connection takes. It keeps the
+/// body's length (`MapFrame` drops it): with an unknown length hyper sends the body
+/// chunked, which many legacy stacks (Python's `http.server`, WSGI, PHP) read as empty.
+struct Progress {
+    inner: Body,
+    tx: watch::Sender<()>,
+}
+
+impl http_body::Body for Progress {
+    type Data = bytes::Bytes;
+    type Error = crate::respond::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let out = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &out {
+            this.tx.send_replace(());
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Resolves to `fut`'s output, or `None` once `idle` passes without it finishing or
