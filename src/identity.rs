@@ -15,9 +15,12 @@ use crate::realtime::Realtime;
 use crate::respond::Rejection;
 use crate::template::Params;
 
-/// Checks `Origin` against `limits.origins` (default: same host only). A request without
-/// `Origin` (not from a browser) passes: browsers always send it cross-site.
-pub fn check_origin<B>(config: &Config, req: &http::Request<B>) -> Result<(), Rejection> {
+/// Checks `Origin` against `limits.origins` (default: same scheme and host only). A
+/// request without `Origin` (not from a browser) passes: browsers always send it
+/// cross-site. The request's scheme is that of the listener (`tls`), or the first
+/// `X-Forwarded-Proto` when a TLS-terminating proxy sits in front (a browser cannot set
+/// that header on a WebSocket or EventSource request, so it cannot forge it here).
+pub fn check_origin<B>(config: &Config, req: &http::Request<B>, tls: bool) -> Result<(), Rejection> {
     let headers = req.headers();
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         return Ok(());
@@ -29,7 +32,13 @@ pub fn check_origin<B>(config: &Config, req: &http::Request<B>) -> Result<(), Re
             Some(h) => h.to_str().unwrap_or(""),
             None => req.uri().authority().map_or("", |a| a.as_str()),
         };
-        origin.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+        let forwarded = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok());
+        let scheme = match forwarded.and_then(|v| v.split(',').next()) {
+            Some(p) => p.trim().to_ascii_lowercase(),
+            None if tls => "https".to_owned(),
+            None => "http".to_owned(),
+        };
+        origin.split_once("://").is_some_and(|(s, rest)| s == scheme && rest.eq_ignore_ascii_case(host))
     } else {
         config.limits.origins.iter().any(|o| o == "*" || *o == origin)
     };
@@ -46,7 +55,7 @@ pub async fn identify(
     peer: crate::proxy::Peer,
     ask: AuthRequest<'_>,
 ) -> Result<(Option<Credential>, Arc<Identity>), Rejection> {
-    check_origin(config, req)?;
+    check_origin(config, req, peer.tls)?;
     let cred = auth::credential(&config.auth, req.headers(), query, peer);
     let identity = state.auth.identify(&state.backend, cred.as_ref(), ask).await?;
     Ok((cred, identity))

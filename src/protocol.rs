@@ -26,6 +26,9 @@ pub mod close_code {
     pub const AUTH_REQUIRED: u16 = 4001;
     pub const INVALID_TOKEN: u16 = 4002;
     pub const FORBIDDEN: u16 = 4003;
+    /// No pong or frame for `heartbeat.timeout`: the client reconnects as after any
+    /// drop (not 1001, which tells clients the server is going away and spreads them).
+    pub const HEARTBEAT_TIMEOUT: u16 = 4000;
 }
 
 /// `error.code` values.

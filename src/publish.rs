@@ -18,12 +18,14 @@ use http::StatusCode;
 use crate::broker::{Broker, Idempotency, Outgoing};
 use crate::config::Config;
 use crate::hub::cursor::MessageId;
-use crate::hub::{ConnId, Draft, Retention};
+use crate::hub::{ConnRef, Draft, Retention};
 use crate::names::ChannelName;
 use crate::policy::{self, ChannelError, policy, retention};
 use crate::protocol::ErrorCode;
 use crate::respond::Rejection;
 
+/// Longest idempotency key (SPEC §7).
+const MAX_IDEMPOTENCY_KEY: usize = 200;
 /// Most messages in one batch.
 const MAX_BATCH: usize = 1000;
 
@@ -100,13 +102,12 @@ pub async fn publish_body(broker: &Broker, config: &Config, body: &[u8]) -> Resu
 }
 
 async fn publish_items(broker: &Broker, config: &Config, items: Vec<Item>) -> Result<Vec<Option<String>>, Rejection> {
-    let checked =
-        items.iter().enumerate().map(|(i, item)| check(broker, config, item, i)).collect::<Result<Vec<_>, _>>()?;
+    let checked = items.iter().enumerate().map(|(i, item)| check(config, item, i)).collect::<Result<Vec<_>, _>>()?;
     let ids = broker.publish(checked).await?;
     Ok(ids.into_iter().flatten().map(|id| id.map(|i| i.to_string())).collect())
 }
 
-fn check(broker: &Broker, config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejection> {
+fn check(config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejection> {
     let at = |msg: String| {
         if index == 0 { msg } else { format!("messages[{index}]: {msg}") }
     };
@@ -124,11 +125,17 @@ fn check(broker: &Broker, config: &Config, item: &Item, index: usize) -> Result<
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.as_str()));
     let data = item.data.as_deref().ok_or_else(|| bad(at("\"data\" is required".into())))?;
-    let exclude: Option<ConnId> = match &item.exclude_connection {
-        // A connection of another instance is not here to exclude.
-        Some(text) => broker.hub().parse_conn(text),
+    let exclude = match &item.exclude_connection {
+        Some(text) => Some(ConnRef::parse(text).ok_or_else(|| {
+            bad(at(format!("\"exclude_connection\" {text:?} is not a connection id (the `connection` of `welcome`)")))
+        })?),
         None => None,
     };
+    if let Some(key) = &item.idempotency_key
+        && key.len() > MAX_IDEMPOTENCY_KEY
+    {
+        return Err(bad(at(format!("\"idempotency_key\" is longer than {MAX_IDEMPOTENCY_KEY} bytes"))));
+    }
     let mut drafts = Vec::with_capacity(names.len());
     for name in names {
         let channel: ChannelName = policy::channel_name(name).map_err(|e| with_index(e, index))?;
@@ -164,7 +171,7 @@ pub struct Publish<'a> {
     pub channel: &'a ChannelName,
     pub event: Option<&'a str>,
     pub data: &'a RawValue,
-    pub exclude: Option<ConnId>,
+    pub exclude: Option<ConnRef>,
 }
 
 /// Checks a message against its channel policy and the size limit, before anything is
@@ -183,6 +190,10 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
         && (ev.is_empty() || ev.len() > 64 || ev.contains(['\n', '\r']))
     {
         return Err(ChannelError::new(ErrorCode::BadRequest, "event names are 1-64 characters without line breaks"));
+    }
+    if let Some(ev) = p.event.filter(|e| reserved(e)) {
+        let msg = format!("the event name {ev:?} is reserved for sidewire (reset, join, leave, error, sidewire*)");
+        return Err(ChannelError::new(ErrorCode::BadRequest, msg));
     }
     let ephemeral = p.event.is_some_and(|e| policy.ephemeral.iter().any(|x| x == e));
     let draft = Draft {
@@ -206,6 +217,12 @@ pub async fn publish_one(
         Ok(ids) => Ok(ids.into_iter().next().and_then(|i| i.into_iter().next()).flatten()),
         Err(e) => Err(ChannelError::from(e)),
     }
+}
+
+/// Event names sidewire itself sends (SPEC §3): a publish using one could make clients
+/// act on a forged `reset` or presence change.
+fn reserved(event: &str) -> bool {
+    matches!(event, "reset" | "join" | "leave" | "error") || event.starts_with("sidewire")
 }
 
 /// JSON with every insignificant space removed (SSE sends data as compact JSON). Works

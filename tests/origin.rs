@@ -60,12 +60,28 @@ async fn empty_list_allows_the_same_host_only() {
     let server = TestServer::start(&yaml("[]")).await;
     let same = format!("http://{}", server.public);
     assert!(allowed(&server, Some(&same)).await);
-    assert!(allowed(&server, Some(&format!("https://{}/", server.public))).await, "scheme and a trailing / aside");
+    assert!(allowed(&server, Some(&format!("http://{}/", server.public))).await, "a trailing / aside");
+    assert!(!allowed(&server, Some(&format!("https://{}", server.public))).await, "another scheme");
     assert!(allowed(&server, None).await, "no Origin: not a browser");
     assert!(!allowed(&server, Some("http://evil.example")).await);
     assert!(!allowed(&server, Some(&format!("http://{}.evil.example", server.public.ip()))).await);
     assert!(!allowed(&server, Some(&format!("http://{}:1", server.public.ip()))).await, "another port");
     assert!(!allowed(&server, Some("null")).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn behind_a_tls_proxy_the_forwarded_scheme_counts() {
+    let server = TestServer::start(&yaml("[]")).await;
+    let https = format!("https://{}", server.public);
+    let headers = [("origin", https.as_str()), ("x-forwarded-proto", "https")];
+    let mut ws = ws_with(&server, "/ws", &headers).await.expect("allowed behind a TLS proxy");
+    support::realtime::expect_type(&mut ws, "welcome").await;
+    let (status, _) = get_json(&http(), &server.url("/poll?channel=public:a&timeout=0"), &headers).await;
+    assert_eq!(status, 200);
+    let http_origin = format!("http://{}", server.public);
+    let downgraded = [("origin", http_origin.as_str()), ("x-forwarded-proto", "https")];
+    assert!(matches!(ws_with(&server, "/ws", &downgraded).await, Err(Refusal::Status(403))));
     server.stop().await;
 }
 

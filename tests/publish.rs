@@ -116,6 +116,10 @@ async fn idempotency_key_retry_returns_the_first_ids_and_delivers_once() {
     assert_eq!(again, first);
     let other = publish(&server, json!({ "channel": "news:a", "data": "other", "idempotency_key": "k2" })).await;
     assert_ne!(other, first);
+    // The same key for a different message is a conflict, and publishes nothing.
+    let reused = json!({ "channel": "news:a", "data": "changed", "idempotency_key": "k1" }).to_string();
+    let (status, answer) = publish_raw(&server, reused).await;
+    assert_eq!((status.as_u16(), answer["error"].as_str()), (409, Some("conflict")), "{answer}");
     let id = first[0].as_str().unwrap();
     let other = other[0].as_str().unwrap();
     assert_eq!(s.expect_block().await, format!("id: {id}\ndata: once\n\n"));
@@ -209,7 +213,15 @@ async fn refusals_publish_nothing() {
             "messages[1]",
         ),
     ];
-    for (body, status, code, mentions) in cases {
+    let long_key = "k".repeat(201);
+    let more: Vec<(String, u16, &str, &str)> = vec![
+        (r#"{"channel":"news:a","event":"reset","data":{"channels":["x"]}}"#.into(), 400, "bad_request", "reserved"),
+        (r#"{"channel":"news:a","event":"join","data":1}"#.into(), 400, "bad_request", "reserved"),
+        (r#"{"channel":"news:a","event":"sidewire.ping","data":1}"#.into(), 400, "bad_request", "reserved"),
+        (format!(r#"{{"channel":"news:a","data":1,"idempotency_key":"{long_key}"}}"#), 400, "bad_request", "200 bytes"),
+        (r#"{"channel":"news:a","data":1,"exclude_connection":"nope"}"#.into(), 400, "bad_request", "connection id"),
+    ];
+    for (body, status, code, mentions) in cases.into_iter().chain(more) {
         let (got, answer) = publish_raw(&server, body.clone()).await;
         assert_eq!(got.as_u16(), status, "{body}: {answer}");
         assert_eq!(answer["error"], code, "{body}: {answer}");

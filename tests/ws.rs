@@ -238,6 +238,25 @@ async fn resume_at_the_latest_id_replays_nothing() {
 }
 
 #[tokio::test]
+async fn subscribing_again_changes_nothing_and_replays_nothing() {
+    let server = start().await;
+    let publisher = Publisher::new(&server);
+    let ids = publish_n(&publisher, "room:again", 3).await;
+    let (mut client, _) = WsClient::open(&server, "/ws").await;
+    client.subscribe("room:again", Some(&ids[0])).await;
+    for id in &ids[1..] {
+        assert_eq!(client.expect("message").await["id"], id.as_str());
+    }
+    // Again, even with an older cursor: no replay, no duplicate of what comes next.
+    let again = client.subscribe("room:again", Some(&ids[0])).await;
+    assert_eq!(again["recovered"], true);
+    client.assert_quiet().await;
+    let next = publisher.publish("room:again", None, "4").await;
+    assert_eq!(client.expect("message").await["id"], next.as_str());
+    client.assert_quiet().await;
+}
+
+#[tokio::test]
 async fn resume_older_than_history_is_not_recovered() {
     let server = start().await;
     let publisher = Publisher::new(&server);
@@ -565,7 +584,10 @@ async fn silent_client_is_closed() {
     // Never answers: read until the server hangs up (RawWs fails after 10 s of silence).
     let seen = raw.until_closed().await;
     assert!(seen.iter().any(|f| f.opcode == opcode::PING), "{seen:?}");
-    assert!(seen.iter().any(|f| f.opcode == opcode::CLOSE), "{seen:?}");
+    let close = seen.iter().find(|f| f.opcode == opcode::CLOSE).unwrap_or_else(|| panic!("no close: {seen:?}"));
+    // 4000, not 1001: 1001 tells the client the server is going away.
+    assert_eq!(u16::from_be_bytes([close.payload[0], close.payload[1]]), 4000, "{close:?}");
+    assert_eq!(&close.payload[2..], b"heartbeat timeout");
     wait_metric(&server, WS_GAUGE, 0.0).await;
 }
 

@@ -35,9 +35,12 @@ struct Remembered {
 }
 
 impl Remembered {
+    /// Forgets keys older than the window (never younger ones: at the cap, publishes
+    /// with new keys are refused instead, so a retry within 5 minutes is never delivered
+    /// twice).
     fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < IDEMPOTENCY_TTL && self.order.len() <= IDEMPOTENCY_MAX {
+            if now.duration_since(*at) < IDEMPOTENCY_TTL {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
@@ -76,6 +79,13 @@ impl Memory {
             {
                 return Err(BrokerError::Conflict(idem.shown.clone()));
             }
+        }
+        let fresh =
+            items.iter().filter(|i| i.idempotency.as_ref().is_some_and(|k| !remembered.ids.contains_key(&k.key)));
+        if remembered.order.len() + fresh.count() > IDEMPOTENCY_MAX {
+            return Err(BrokerError::Saturated(format!(
+                "{IDEMPOTENCY_MAX} idempotency keys were used in the last 5 minutes; retry later"
+            )));
         }
         // Held through the (synchronous, non-blocking) deliveries below so two concurrent
         // retries of one key cannot both deliver.

@@ -40,6 +40,9 @@ pub enum BrokerError {
     /// Redis answered something sidewire did not expect (a bug, or a foreign key).
     #[error("unexpected broker reply: {0}")]
     Protocol(String),
+    /// A bound was reached (too many idempotency keys in the window); retry later.
+    #[error("{0}")]
+    Saturated(String),
     /// An idempotency key already names a different message.
     #[error("idempotency key {0:?} was already used for a different message")]
     Conflict(String),

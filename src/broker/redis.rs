@@ -37,7 +37,7 @@ use super::{BrokerError, Ids, Outgoing, Resume};
 use crate::config::RedisConfig;
 use crate::hub::cursor::{Epoch, MessageId};
 use crate::hub::presence::PresentUser;
-use crate::hub::{Delivery, Draft, Fill, Hub, HubStats, Message, Outbox, Retention, Seq, Since, Subscribed};
+use crate::hub::{ConnRef, Delivery, Draft, Fill, Hub, HubStats, Message, Outbox, Retention, Seq, Since, Subscribed};
 use crate::metrics::BrokerStats;
 use crate::names::ChannelName;
 use crate::shutdown::Shutdown;
@@ -271,7 +271,7 @@ impl Redis {
                 let name = draft.channel.as_str();
                 inv.key(shared.keys.seq(name)).key(shared.keys.log(name));
                 let ttl = retention.ttl.max(MIN_KEY_TTL).as_millis().min(u128::from(u64::MAX)) as u64;
-                let exclude = draft.exclude.map(|c| shared.hub.conn_name(c));
+                let exclude = draft.exclude.map(|c| c.to_string());
                 let env = Envelope {
                     kind: None,
                     user: None,
@@ -604,7 +604,7 @@ impl Redis {
                 event: msg.event.clone(),
                 data: msg.data.clone(),
                 ephemeral: false,
-                exclude: msg.exclude,
+                exclude: msg.exclude.map(|c| shared.hub.conn_ref(c)),
             };
             if let Delivery::Gap { .. } = shared.hub.deliver(draft, None, Seq::Given { id, prev }) {
                 shared.hub.lose(channel);
@@ -720,7 +720,7 @@ impl Shared {
             return self.announce(name, wire.envelope);
         }
         self.observe_epoch(wire.epoch);
-        let Some(draft) = draft(&self.hub, &name, wire.envelope, wire.seq == 0) else { return };
+        let Some(draft) = draft(&name, wire.envelope, wire.seq == 0) else { return };
         let seq = match wire.seq {
             0 => Seq::None,
             seq => Seq::Given { id: MessageId { epoch: wire.epoch, seq }, prev: wire.prev },
@@ -743,14 +743,14 @@ impl Shared {
 }
 
 /// A draft from a stored or published envelope.
-fn draft(hub: &Hub, channel: &ChannelName, envelope: &str, ephemeral: bool) -> Option<Draft> {
+fn draft(channel: &ChannelName, envelope: &str, ephemeral: bool) -> Option<Draft> {
     let env: Envelope<'_> = serde_json::from_str(envelope).ok()?;
     Some(Draft {
         channel: channel.clone(),
         event: env.event.map(Into::into),
         data: env.data.to_owned(),
         ephemeral,
-        exclude: env.exclude.and_then(|x| hub.parse_conn(x)),
+        exclude: env.exclude.and_then(ConnRef::parse),
     })
 }
 
@@ -780,8 +780,8 @@ fn parse_entries(
             }
         }
         let (Some(prev), Some(env)) = (prev, env) else { return Err(bad()) };
-        let draft = draft(hub, channel, env, false).ok_or_else(bad)?;
-        out.push((Arc::new(Message::from_draft(draft, Some(MessageId { epoch, seq }))), prev));
+        let draft = draft(channel, env, false).ok_or_else(bad)?;
+        out.push((Arc::new(Message::from_draft(draft, Some(MessageId { epoch, seq }), hub.me())), prev));
     }
     Ok(out)
 }

@@ -13,12 +13,20 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+/// Longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write it like 250ms, 30s, 5m or 1h"))
-        })
+        })?;
+        // Deadlines are `now + duration`: an absurd one would overflow the clock.
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!("duration {text:?} is longer than the 10 years allowed")));
+        }
+        Ok(Dur(d))
     }
 }
 

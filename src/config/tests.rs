@@ -167,3 +167,11 @@ fn redis_broker() {
     assert!(has("broker.key_prefix: "), "{p:#?}");
     assert!(has("broker.timeout: "), "{p:#?}");
 }
+
+#[test]
+fn absurd_durations_are_refused() {
+    let p = problems("auth: { negative_ttl: 500000000000y }\nheartbeat: { interval: 20y }\n");
+    let has = |needle: &str| p.iter().any(|l| l.starts_with(needle));
+    assert!(has("auth.negative_ttl: "), "{p:#?}");
+    assert!(has("heartbeat.interval: "), "{p:#?}");
+}

@@ -183,6 +183,10 @@ impl Channel {
         self.presence.as_ref()
     }
 
+    pub fn has(&self, conn: ConnId) -> bool {
+        self.subscribers.iter().any(|s| s.outbox.conn == conn)
+    }
+
     pub fn subscribers(&self) -> usize {
         self.subscribers.len()
     }

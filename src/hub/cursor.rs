@@ -28,6 +28,14 @@ impl Epoch {
     }
 }
 
+impl Epoch {
+    /// The base-36 text form back (`None` for 0 or garbage).
+    pub fn parse(text: &str) -> Option<Self> {
+        let n = u32::try_from(parse_base36(text)?).ok()?;
+        (n != 0).then_some(Self(n))
+    }
+}
+
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", base36(u64::from(self.0)))

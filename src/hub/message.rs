@@ -11,8 +11,33 @@ use crate::names::ChannelName;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-/// Identifies a connection within this instance (for `exclude_connection`).
+/// Identifies a connection within this instance.
 pub type ConnId = u64;
+
+/// A connection of any instance: the instance that holds it and its id there. Its text
+/// form `<instance>-<hex id>` is the `connection` of `welcome` and what
+/// `exclude_connection` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub instance: super::cursor::Epoch,
+    pub conn: ConnId,
+}
+
+impl ConnRef {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (instance, n) = text.split_once('-')?;
+        if n.is_empty() || n.len() > 16 {
+            return None;
+        }
+        Some(Self { instance: super::cursor::Epoch::parse(instance)?, conn: u64::from_str_radix(n, 16).ok()? })
+    }
+}
+
+impl std::fmt::Display for ConnRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{:x}", self.instance, self.conn)
+    }
+}
 
 /// What a message is: a publish, or a presence change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +97,11 @@ impl Message {
         msg
     }
 
-    /// The message a draft becomes once numbered.
-    pub fn from_draft(draft: Draft, id: Option<MessageId>) -> Self {
+    /// The message a draft becomes once numbered, on instance `here` (a connection of
+    /// another instance is not here to exclude).
+    pub fn from_draft(draft: Draft, id: Option<MessageId>, here: super::cursor::Epoch) -> Self {
         let mut msg = Self::new(draft.channel, id, draft.event, draft.data);
-        msg.exclude = draft.exclude;
+        msg.exclude = draft.exclude.filter(|r| r.instance == here).map(|r| r.conn);
         msg
     }
 

@@ -47,7 +47,7 @@ use serde_json::value::RawValue;
 pub use channel::Retention;
 use channel::{Channel, Fanout};
 use cursor::{Epoch, MessageId};
-pub use message::{ConnId, Message};
+pub use message::{ConnId, ConnRef, Message};
 pub use outbox::{Inbox, Outbox, outbox, outbox_with};
 pub use presence::Member;
 
@@ -221,16 +221,20 @@ impl Hub {
         self.0.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A connection of this instance as the cluster knows it.
+    pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
+        ConnRef { instance: self.0.instance, conn }
+    }
+
     /// The textual connection id shown to clients and accepted by `exclude_connection`:
     /// `<instance>-<n>`, unique across instances.
     pub fn conn_name(&self, conn: ConnId) -> String {
-        format!("{}-{conn:x}", self.0.instance)
+        self.conn_ref(conn).to_string()
     }
 
-    /// Parses a textual connection id; `None` when it is not one of this instance.
-    pub fn parse_conn(&self, text: &str) -> Option<ConnId> {
-        let (instance, n) = text.split_once('-')?;
-        (instance == self.0.instance.to_string()).then(|| u64::from_str_radix(n, 16).ok())?
+    /// The instance name messages are numbered against (see [`Message::from_draft`]).
+    pub fn me(&self) -> Epoch {
+        self.0.instance
     }
 
     fn shard(&self, name: &ChannelName) -> MutexGuard<'_, Shard> {
@@ -266,7 +270,7 @@ impl Hub {
                 channel::Admit::Gap(last) => return Delivery::Gap { last },
             },
         };
-        let msg = Arc::new(Message::from_draft(draft, id));
+        let msg = Arc::new(Message::from_draft(draft, id, self.0.instance));
         let (fanout, history_delta) = channel.deliver(&msg);
         let dirty = channel.take_dirty();
         if self.0.authoritative {
@@ -324,6 +328,10 @@ impl Hub {
             return Err(Unsynced);
         }
         let state = shard.entry(channel, retention, self.0.authoritative);
+        if state.has(outbox.conn) {
+            // Subscribing again changes nothing and replays nothing (SPEC §4).
+            return Ok(Subscribed { recovered: true, replay: Vec::new(), position: state.last(), added: false });
+        }
         let before = state.history_len();
         let (recovered, replay) = match fill {
             None => match since {
@@ -566,7 +574,8 @@ pub struct Draft {
     pub event: Option<Box<str>>,
     pub data: Box<RawValue>,
     pub ephemeral: bool,
-    pub exclude: Option<ConnId>,
+    /// Not delivered to this connection (of whichever instance holds it).
+    pub exclude: Option<ConnRef>,
 }
 
 #[cfg(test)]

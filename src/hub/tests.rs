@@ -133,11 +133,11 @@ async fn exclude_connection_is_skipped() {
     hub.subscribe(&ch("x"), &a, Since::Live, KEEP);
     hub.subscribe(&ch("x"), &b, Since::Live, KEEP);
     let mut d = draft("x", 1);
-    d.exclude = Some(a.conn);
+    d.exclude = Some(hub.conn_ref(a.conn));
     hub.publish(d, KEEP);
     assert!(bi.recv().await.is_some());
     assert!(ai.try_recv().is_none());
-    assert_eq!(hub.parse_conn(&hub.conn_name(a.conn)), Some(a.conn));
+    assert_eq!(ConnRef::parse(&hub.conn_name(a.conn)), Some(hub.conn_ref(a.conn)));
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ async fn a_fill_beyond_what_arrived_here_is_not_replayed_twice() {
     hub.subscribe(&a, &first, Since::Live, KEEP, Some(Fill { head: 3, after: Vec::new(), complete: true })).unwrap();
     // Redis already holds 4 and 5; pub/sub has not brought them here yet.
     let stored: Vec<Arc<Message>> =
-        [4, 5].iter().map(|&s| Arc::new(Message::from_draft(draft("a", s as u32), Some(id(s))))).collect();
+        [4, 5].iter().map(|&s| Arc::new(Message::from_draft(draft("a", s as u32), Some(id(s)), hub.me()))).collect();
     let (o, mut inbox) = outbox(hub.next_conn(), None, 16);
     let fill = Fill { head: 5, after: stored, complete: true };
     let sub = hub.subscribe(&a, &o, Since::After(3), KEEP, Some(fill)).unwrap();

@@ -61,7 +61,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = frames::handshake_key(&req)?;
-    identity::check_origin(config, &req)?;
+    identity::check_origin(config, &req, peer.tls)?;
     let query = router::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
     let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
@@ -315,7 +315,7 @@ impl Conn {
     async fn heartbeat(&mut self) -> Result<(), End> {
         if self.last_seen.elapsed() >= self.ctx.config.heartbeat.timeout {
             self.ctx.state.metrics.eviction("heartbeat_timeout");
-            return Err(End::Close(close_code::GOING_AWAY, "heartbeat timeout"));
+            return Err(End::Close(close_code::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
         }
         let timeout = self.ctx.config.heartbeat.timeout;
         let write = self.ws.send(Frame::Ping(Default::default()));
