@@ -157,6 +157,8 @@ impl App {
                 config.heartbeat.interval,
             )?),
         };
+        let l = &config.limits;
+        broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
         let config: Live = Arc::new(ArcSwap::from_pointee(config));
         let shutdown = Shutdown::new();
         let backend = Backend::new(Arc::clone(&config), Arc::clone(&metrics));
@@ -247,6 +249,8 @@ impl Handle {
             tls.set_paths(&cfg.cert, &cfg.key);
             tls.reload_and_log(&state.metrics, "reload").await;
         }
+        let l = &new.limits;
+        state.admin.broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
         state.config.store(Arc::new(new));
         state.metrics.reload("config_ok");
         restart

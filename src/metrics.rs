@@ -118,6 +118,26 @@ impl Metrics {
         registry.register("messages_published", "Messages published through this instance", hub.published.clone());
         registry.register("messages_delivered", "Messages queued to subscribers", hub.delivered.clone());
         registry.register("history_messages", "Messages held in history rings", hub.history.clone());
+        registry.register(
+            "history_bytes",
+            "Bytes held in history rings (limits.history_bytes)",
+            hub.history_bytes.clone(),
+        );
+        registry.register(
+            "history_evicted",
+            "Messages dropped from history, oldest first, by limits.history_bytes",
+            hub.history_evicted.clone(),
+        );
+        registry.register(
+            "channels_evicted",
+            "Idle channels forgotten, least recently active first, by limits.channels",
+            hub.channels_evicted.clone(),
+        );
+        registry.register(
+            "replays_refused",
+            "Resumes answered with a reset because their replay exceeded limits.replay_bytes",
+            hub.replays_cut.clone(),
+        );
         let broker = BrokerStats::default();
         registry.register("broker_up", "1 while the broker can publish and deliver", broker.up.clone());
         registry.register(

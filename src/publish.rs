@@ -124,6 +124,10 @@ fn check(config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejecti
     // A channel named twice gets the message once (its id is listed once).
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.as_str()));
+    let most = config.limits.channels_per_publish;
+    if names.len() > most {
+        return Err(bad(at(format!("at most {most} channels per message (limits.channels_per_publish)"))));
+    }
     let data = item.data.as_deref().ok_or_else(|| bad(at("\"data\" is required".into())))?;
     let exclude = match &item.exclude_connection {
         Some(text) => Some(ConnRef::parse(text).ok_or_else(|| {

@@ -360,3 +360,95 @@ async fn metrics_count_and_return_to_zero() {
     wait_metric(&server, "sidewire_subscriptions", |v| v == 0.0).await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------- memory bounds (SPEC §9)
+
+async fn publish_body(server: &TestServer, body: Value) -> (u16, Value) {
+    let res = within("a publish response", http().post(server.admin_url("/publish")).json(&body).send()).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit('.').next().unwrap().parse().unwrap()
+}
+
+async fn poll_since(server: &TestServer, channel: &str, since: &str) -> Value {
+    let url = server.url(&format!("/poll?channel={channel}&since={since}&timeout=0"));
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn history_bytes_bounds_all_history_dropping_the_oldest_first() {
+    let server = TestServer::start(&yaml("limits: { history_bytes: 200000 }")).await;
+    let data = pad(20_000);
+    let mut ids = Vec::new();
+    // 30 rooms × 20 kB: 600 kB asked, 200 kB allowed.
+    for i in 0..30 {
+        ids.push(publish_ok(&http(), &server, &format!("room:{i}"), json!(data)).await);
+    }
+    let text = metrics(&server).await;
+    let held = metric(&text, "sidewire_history_bytes");
+    assert!(held > 0.0 && held <= 200_000.0, "history bytes {held}");
+    assert!(metric(&text, "sidewire_history_evicted_total") >= 20.0, "{text}");
+    // The newest rooms still resume; the oldest were dropped first and say so.
+    let epoch = ids[0].split('.').next().unwrap().to_owned();
+    let newest = poll_since(&server, "room:29", &format!("{epoch}.{}", seq_of(&ids[28]))).await;
+    assert!(newest.get("reset").is_none(), "{newest}");
+    assert_eq!(newest["messages"][0]["id"], ids[29].as_str());
+    let oldest = poll_since(&server, "room:0", &format!("{epoch}.0")).await;
+    assert_eq!(oldest["reset"], json!(["room:0"]), "{oldest}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channels_bounds_channel_states_forgetting_idle_ones() {
+    let server = TestServer::start(&yaml("limits: { channels: 10 }")).await;
+    for i in 0..30 {
+        publish_ok(&http(), &server, &format!("room:{i}"), json!(i)).await;
+    }
+    assert!(metric(&metrics(&server).await, "sidewire_channels_evicted_total") >= 20.0);
+    // Ten channels held by subscribers: a new one cannot be made, and says why.
+    let mut held = Vec::new();
+    for i in 0..10 {
+        held.push(sse(&server, &format!("channel=busy:{i}")).await);
+    }
+    let (status, answer) = publish_body(&server, json!({ "channel": "room:new", "data": 1 })).await;
+    assert_eq!((status, answer["error"].as_str()), (503, Some("unavailable")), "{answer}");
+    let refused = sse_try(&server, "channel=other:x").await.err().expect("no room for another channel");
+    assert_refused(&refused, 503);
+    // A channel that exists still works.
+    publish_ok(&http(), &server, "busy:3", json!("still here")).await;
+    drop(held);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn replay_bytes_caps_a_resume_with_a_reset() {
+    let server = TestServer::start(&yaml("limits: { replay_bytes: 50000 }")).await;
+    let data = pad(10_000);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(publish_ok(&http(), &server, "room:big", json!(data)).await);
+    }
+    // From the start: 100 kB to replay, over the cap → reset, nothing replayed.
+    let all = poll_since(&server, "room:big", &ids[0]).await;
+    assert_eq!(all["reset"], json!(["room:big"]), "{}", all["reset"]);
+    assert_eq!(all["messages"], json!([]));
+    // The last three: within the cap.
+    let tail = poll_since(&server, "room:big", &ids[6]).await;
+    assert!(tail.get("reset").is_none());
+    assert_eq!(tail["messages"].as_array().unwrap().len(), 3);
+    assert!(metric(&metrics(&server).await, "sidewire_replays_refused_total") >= 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channels_per_publish_is_a_bad_request() {
+    let server = TestServer::start(&yaml("limits: { channels_per_publish: 2 }")).await;
+    let (status, answer) = publish_body(&server, json!({ "channels": ["a", "b", "c"], "data": 1 })).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("channels_per_publish"));
+    let (status, _) = publish_body(&server, json!({ "channels": ["a", "b"], "data": 1 })).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}

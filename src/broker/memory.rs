@@ -87,6 +87,10 @@ impl Memory {
                 "{IDEMPOTENCY_MAX} idempotency keys were used in the last 5 minutes; retry later"
             )));
         }
+        let names: Vec<&ChannelName> = items.iter().flat_map(|i| i.drafts.iter().map(|(d, _)| &d.channel)).collect();
+        if !self.hub.make_room(&names) {
+            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+        }
         // Held through the (synchronous, non-blocking) deliveries below so two concurrent
         // retries of one key cannot both deliver.
         let mut out = Vec::with_capacity(items.len());
@@ -122,7 +126,10 @@ impl Memory {
         outbox: &Outbox,
         resume: Resume,
         retention: Retention,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, BrokerError> {
+        if !self.hub.make_room(&[channel]) {
+            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+        }
         let since = match resume {
             Resume::Live => Since::Live,
             // A cursor from the future was not handed out by this process.
@@ -132,9 +139,9 @@ impl Memory {
             Resume::After { .. } | Resume::Invalid => Since::Lost,
         };
         match self.hub.subscribe(channel, outbox, since, retention, None) {
-            Ok(sub) => sub,
+            Ok(sub) => Ok(sub),
             // An authoritative hub always answers; keep the type honest anyway.
-            Err(_) => Subscribed { recovered: false, replay: Vec::new(), position: 0, added: false },
+            Err(_) => Ok(Subscribed { recovered: false, replay: Vec::new(), position: 0, added: false }),
         }
     }
 }

@@ -154,7 +154,7 @@ impl Broker {
         retention: Retention,
     ) -> Result<Subscribed, BrokerError> {
         match self {
-            Broker::Memory(m) => Ok(m.subscribe(channel, outbox, resume, retention)),
+            Broker::Memory(m) => m.subscribe(channel, outbox, resume, retention),
             Broker::Redis(r) => r.subscribe(channel, outbox, resume, retention).await,
         }
     }

@@ -345,6 +345,9 @@ impl Redis {
             self.joined(channel, outbox, retention).await;
             return Ok(sub);
         }
+        if !hub.make_room(&[channel]) {
+            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+        }
         let _joining = self.listen(channel).await?;
         hub.prepare(channel, retention);
         let after = match resume {

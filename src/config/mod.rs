@@ -178,6 +178,14 @@ pub struct LimitsConfig {
     pub origins: Vec<String>,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    /// Bytes of history held by all channels together; beyond, the oldest go first.
+    pub history_bytes: usize,
+    /// Channel states held; beyond, the least recently active idle ones are forgotten.
+    pub channels: usize,
+    /// Most history one resume replays; a larger gap is answered with a reset.
+    pub replay_bytes: usize,
+    /// Most channels one published message names.
+    pub channels_per_publish: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -196,6 +196,10 @@ pub struct RawLimits {
     pub max_header_bytes: usize,
     /// A client must finish sending its request head within this (slowloris guard; extension).
     pub header_read_timeout: Dur,
+    pub history_bytes: usize,
+    pub channels: usize,
+    pub replay_bytes: usize,
+    pub channels_per_publish: usize,
 }
 
 impl Default for RawLimits {
@@ -210,6 +214,10 @@ impl Default for RawLimits {
             origins: Vec::new(),
             max_header_bytes: 16 * 1024,
             header_read_timeout: secs(10),
+            history_bytes: 64 << 20,
+            channels: 100_000,
+            replay_bytes: 4 << 20,
+            channels_per_publish: 100,
         }
     }
 }

@@ -299,6 +299,10 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
     c.positive("limits.max_connections_per_ip", raw.max_connections_per_ip);
     c.positive("limits.max_channels_per_connection", raw.max_channels_per_connection);
     c.positive("limits.subscriber_queue", raw.subscriber_queue);
+    c.positive("limits.history_bytes", raw.history_bytes);
+    c.positive("limits.channels", raw.channels);
+    c.positive("limits.replay_bytes", raw.replay_bytes);
+    c.positive("limits.channels_per_publish", raw.channels_per_publish);
     if raw.max_message_bytes < 64 || raw.max_message_bytes > MAX_MESSAGE_BYTES {
         c.fail("limits.max_message_bytes", format!("must be between 64 and {MAX_MESSAGE_BYTES}"));
     }
@@ -332,6 +336,10 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
         origins,
         max_header_bytes: raw.max_header_bytes,
         header_read_timeout: c.nonzero_dur("limits.header_read_timeout", raw.header_read_timeout),
+        history_bytes: raw.history_bytes,
+        channels: raw.channels,
+        replay_bytes: raw.replay_bytes,
+        channels_per_publish: raw.channels_per_publish,
     }
 }
 

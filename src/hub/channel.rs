@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -73,11 +74,37 @@ pub struct Channel {
     announce: bool,
     /// Cache mode: local presence changed since the broker last read it.
     dirty: bool,
+    /// Bytes held in `history` (see [`weight`]).
+    bytes: usize,
+    /// The hub-wide totals this channel counts into (history bytes, channel states).
+    totals: Arc<Totals>,
+}
+
+/// Hub-wide totals, kept by each channel state as it changes and when it is dropped, so
+/// no removal path can forget to count.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub history_bytes: AtomicUsize,
+    pub channels: AtomicUsize,
+}
+
+/// What a message costs in history: its data and event name plus a fixed overhead for
+/// the message itself and its ring slot.
+pub fn weight(msg: &Message) -> usize {
+    msg.data.get().len() + msg.event.as_ref().map_or(0, |e| e.len()) + msg.channel.as_str().len() + 160
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.totals.history_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.totals.channels.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Channel {
     /// A channel state whose history is complete after `floor`.
-    pub fn new(floor: u64, retention: Retention) -> Self {
+    pub fn new(floor: u64, retention: Retention, totals: &Arc<Totals>) -> Self {
+        totals.channels.fetch_add(1, Ordering::Relaxed);
         Self {
             subscribers: Vec::new(),
             history: VecDeque::new(),
@@ -89,12 +116,48 @@ impl Channel {
             pending_leaves: Vec::new(),
             announce: true,
             dirty: false,
+            bytes: 0,
+            totals: Arc::clone(totals),
         }
     }
 
     /// A cache-mode channel state whose position is not known yet.
-    pub fn unsynced(retention: Retention) -> Self {
-        Self { synced: false, announce: false, ..Self::new(0, retention) }
+    pub fn unsynced(retention: Retention, totals: &Arc<Totals>) -> Self {
+        let mut c = Self::new(0, retention, totals);
+        c.synced = false;
+        c.announce = false;
+        c
+    }
+
+    /// When the newest message in history was published (the channel's last activity).
+    pub fn newest(&self) -> Option<Instant> {
+        self.history.back().map(|m| m.at)
+    }
+
+    /// When the oldest message in history was published.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.history.front().map(|m| m.at)
+    }
+
+    /// Drops the oldest message of history (the hub-wide byte cap); `false` if empty.
+    pub fn evict_oldest(&mut self) -> bool {
+        self.pop_front().is_some()
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<Message>> {
+        let old = self.history.pop_front()?;
+        self.floor = old.id.map_or(self.floor, |i| i.seq);
+        let w = weight(&old);
+        self.bytes -= w;
+        self.totals.history_bytes.fetch_sub(w, Ordering::Relaxed);
+        Some(old)
+    }
+
+    fn push_back(&mut self, msg: &Arc<Message>) {
+        let w = weight(msg);
+        self.bytes += w;
+        self.totals.history_bytes.fetch_add(w, Ordering::Relaxed);
+        self.history.push_back(Arc::clone(msg));
     }
 
     /// Messages with `seq <= floor` may be missing from history.
@@ -263,13 +326,10 @@ impl Channel {
                 self.floor = id.seq;
             } else {
                 history_delta -= self.expire(msg.at) as i64;
-                if self.history.len() >= retention.size
-                    && let Some(old) = self.history.pop_front()
-                {
-                    self.floor = old.id.map_or(self.floor, |i| i.seq);
+                if self.history.len() >= retention.size && self.pop_front().is_some() {
                     history_delta -= 1;
                 }
-                self.history.push_back(Arc::clone(msg));
+                self.push_back(msg);
                 history_delta += 1;
             }
         }
@@ -329,8 +389,7 @@ impl Channel {
             if now.saturating_duration_since(front.at) < retention.ttl && self.history.len() <= retention.size {
                 break;
             }
-            self.floor = front.id.map_or(self.floor, |i| i.seq);
-            self.history.pop_front();
+            self.pop_front();
             n += 1;
         }
         n

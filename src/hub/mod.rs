@@ -31,9 +31,10 @@ pub mod message;
 pub mod outbox;
 pub mod presence;
 
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -45,7 +46,7 @@ use tokio::time::Instant;
 use serde_json::value::RawValue;
 
 pub use channel::Retention;
-use channel::{Channel, Fanout};
+use channel::{Channel, Fanout, Totals};
 use cursor::{Epoch, MessageId};
 pub use message::{ConnId, ConnRef, Message};
 pub use outbox::{Inbox, Outbox, outbox, outbox_with};
@@ -130,6 +131,38 @@ pub struct HubStats {
     pub evicted_slow: Counter,
     pub subscriptions: Gauge,
     pub history: Gauge,
+    /// Bytes held in history (see `channel::weight`).
+    pub history_bytes: Gauge,
+    /// Messages dropped from history by `limits.history_bytes` (oldest first).
+    pub history_evicted: Counter,
+    /// Idle channels forgotten by `limits.channels` (least recently active first).
+    pub channels_evicted: Counter,
+    /// Replays refused by `limits.replay_bytes` (the client was told to reset).
+    pub replays_cut: Counter,
+}
+
+/// The hub's memory bounds (SPEC §9), changeable on reload.
+#[derive(Debug)]
+pub struct HubLimits {
+    pub history_bytes: AtomicUsize,
+    pub channels: AtomicUsize,
+    pub replay_bytes: AtomicUsize,
+}
+
+impl HubLimits {
+    pub fn new(history_bytes: usize, channels: usize, replay_bytes: usize) -> Self {
+        Self {
+            history_bytes: AtomicUsize::new(history_bytes),
+            channels: AtomicUsize::new(channels),
+            replay_bytes: AtomicUsize::new(replay_bytes),
+        }
+    }
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self::new(usize::MAX, usize::MAX, usize::MAX)
+    }
 }
 
 struct Inner {
@@ -146,6 +179,8 @@ struct Inner {
     hasher: std::collections::hash_map::RandomState,
     shards: Box<[Mutex<Shard>]>,
     stats: HubStats,
+    totals: Arc<Totals>,
+    limits: HubLimits,
 }
 
 /// Cheap-clone handle to this instance's channels.
@@ -175,7 +210,107 @@ impl Hub {
             hasher: Default::default(),
             shards,
             stats,
+            totals: Arc::default(),
+            limits: HubLimits::default(),
         }))
+    }
+
+    /// Applies `limits.history_bytes`, `limits.channels` and `limits.replay_bytes`.
+    pub fn set_limits(&self, history_bytes: usize, channels: usize, replay_bytes: usize) {
+        let l = &self.0.limits;
+        l.history_bytes.store(history_bytes, Ordering::Relaxed);
+        l.channels.store(channels, Ordering::Relaxed);
+        l.replay_bytes.store(replay_bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of history held now.
+    pub fn history_bytes(&self) -> usize {
+        self.0.totals.history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Channel states held now.
+    pub fn channel_count(&self) -> usize {
+        self.0.totals.channels.load(Ordering::Relaxed)
+    }
+
+    /// Makes room for the channels of `names` this hub has no state for yet, forgetting
+    /// the least recently active idle channels (no subscriber here) when `limits.channels`
+    /// would be exceeded. `false`: no room (every channel has subscribers).
+    pub fn make_room(&self, names: &[&ChannelName]) -> bool {
+        let cap = self.0.limits.channels.load(Ordering::Relaxed);
+        let count = self.channel_count();
+        if count.saturating_add(names.len()) <= cap {
+            return true;
+        }
+        let new = names.iter().filter(|n| !self.shard(n).channels.contains_key(**n)).count();
+        if count + new <= cap {
+            return true;
+        }
+        // Down to 90 % at once, so a stream of new channels does not scan every time.
+        let target = (cap - cap / 10).saturating_sub(new);
+        self.forget_idle(target);
+        self.channel_count() + new <= cap
+    }
+
+    /// Forgets idle channels, least recently active first, until at most `target` remain.
+    fn forget_idle(&self, target: usize) {
+        let mut idle: Vec<(Option<Instant>, usize, ChannelName)> = Vec::new();
+        for (i, shard) in self.0.shards.iter().enumerate() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.extend(
+                shard.channels.iter().filter(|(_, c)| c.subscribers() == 0).map(|(n, c)| (c.newest(), i, n.clone())),
+            );
+        }
+        idle.sort_by_key(|(at, _, _)| *at);
+        for (_, i, name) in idle {
+            if self.channel_count() <= target {
+                break;
+            }
+            let mut shard = self.0.shards[i].lock().unwrap_or_else(PoisonError::into_inner);
+            if shard.channels.get(&name).is_some_and(|c| c.subscribers() == 0)
+                && let Some(state) = shard.channels.remove(&name)
+            {
+                if self.0.authoritative {
+                    shard.remember(name, state.floor());
+                }
+                drop(shard);
+                self.0.stats.history.dec_by(state.history_len() as i64);
+                self.0.stats.channels_evicted.inc();
+            }
+        }
+    }
+
+    /// Drops the oldest history hub-wide (across channels) while `limits.history_bytes`
+    /// is exceeded, down to 90 % of it. Runs after a publish, outside every lock but one
+    /// shard at a time.
+    fn bound_history(&self) {
+        let cap = self.0.limits.history_bytes.load(Ordering::Relaxed);
+        if self.history_bytes() <= cap {
+            return;
+        }
+        let target = cap - cap / 10;
+        let mut heap = BinaryHeap::new();
+        for (i, shard) in self.0.shards.iter().enumerate() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, c) in &shard.channels {
+                if let Some(at) = c.oldest() {
+                    heap.push(std::cmp::Reverse((at, i, name.clone())));
+                }
+            }
+        }
+        while self.history_bytes() > target {
+            let Some(std::cmp::Reverse((_, i, name))) = heap.pop() else { break };
+            let mut shard = self.0.shards[i].lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(c) = shard.channels.get_mut(&name) else { continue };
+            if c.evict_oldest() {
+                self.0.stats.history.dec();
+                self.0.stats.history_evicted.inc();
+            }
+            if let Some(at) = c.oldest() {
+                heap.push(std::cmp::Reverse((at, i, name)));
+            }
+        }
+        self.0.stats.history_bytes.set(self.history_bytes() as i64);
     }
 
     pub fn stats(&self) -> &HubStats {
@@ -250,7 +385,7 @@ impl Hub {
     pub fn deliver(&self, draft: Draft, retention: Option<Retention>, seq: Seq<'_>) -> Delivery {
         let mut shard = self.shard(&draft.channel);
         let channel = match (self.0.authoritative, retention) {
-            (true, Some(r)) => shard.entry(&draft.channel, r, true),
+            (true, Some(r)) => shard.entry(&draft.channel, r, &self.0.totals, true),
             _ => match shard.channels.get_mut(&draft.channel) {
                 Some(c) => {
                     if let Some(r) = retention {
@@ -281,6 +416,9 @@ impl Hub {
             self.changed(&msg.channel);
         }
         self.count(fanout, history_delta);
+        if history_delta > 0 {
+            self.bound_history();
+        }
         Delivery::Delivered(msg)
     }
 
@@ -290,6 +428,7 @@ impl Hub {
         self.count_fanout(fanout);
         if history_delta != 0 {
             s.history.inc_by(history_delta);
+            s.history_bytes.set(self.history_bytes() as i64);
         }
     }
 
@@ -305,7 +444,7 @@ impl Hub {
     /// on are kept (they sync it) while the broker reads its history.
     pub fn prepare(&self, channel: &ChannelName, retention: Retention) {
         let mut shard = self.shard(channel);
-        shard.entry(channel, retention, self.0.authoritative);
+        shard.entry(channel, retention, &self.0.totals, self.0.authoritative);
     }
 
     /// Subscribes `outbox` to `channel`, replaying what history holds after `since`.
@@ -327,7 +466,7 @@ impl Hub {
         {
             return Err(Unsynced);
         }
-        let state = shard.entry(channel, retention, self.0.authoritative);
+        let state = shard.entry(channel, retention, &self.0.totals, self.0.authoritative);
         if state.has(outbox.conn) {
             // Subscribing again changes nothing and replays nothing (SPEC §4).
             return Ok(Subscribed { recovered: true, replay: Vec::new(), position: state.last(), added: false });
@@ -340,6 +479,15 @@ impl Hub {
                 Since::After(seq) => state.after(seq, now).map_or((false, Vec::new()), |r| (true, r)),
             },
             Some(fill) => state.fill(since, fill, now),
+        };
+        // A replay larger than `limits.replay_bytes` is refused whole: the client is told
+        // to reset and refetch, and no request can pin more than that much at once.
+        let cap = self.0.limits.replay_bytes.load(Ordering::Relaxed);
+        let (recovered, replay) = if replay.iter().map(|m| channel::weight(m)).sum::<usize>() > cap {
+            self.0.stats.replays_cut.inc();
+            (false, Vec::new())
+        } else {
+            (recovered, replay)
         };
         let position = match (since, recovered) {
             (Since::After(seq), true) => replay.last().and_then(|m| m.id).map_or(seq, |id| id.seq),
@@ -513,16 +661,22 @@ struct Shard {
 impl Shard {
     /// The state of `name`, created from its remembered floor when needed.
     /// In cache mode (`authoritative` false) a new state is unsynced.
-    fn entry(&mut self, name: &ChannelName, retention: Retention, authoritative: bool) -> &mut Channel {
+    fn entry(
+        &mut self,
+        name: &ChannelName,
+        retention: Retention,
+        totals: &Arc<Totals>,
+        authoritative: bool,
+    ) -> &mut Channel {
         if !self.channels.contains_key(name) {
             let state = if authoritative {
-                Channel::new(self.dropped.remove(name).unwrap_or(self.forgotten), retention)
+                Channel::new(self.dropped.remove(name).unwrap_or(self.forgotten), retention, totals)
             } else {
-                Channel::unsynced(retention)
+                Channel::unsynced(retention, totals)
             };
             self.channels.insert(name.clone(), state);
         }
-        let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::unsynced(retention));
+        let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::unsynced(retention, totals));
         channel.retention = retention;
         channel
     }
