@@ -57,6 +57,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod sse;
+pub mod stall;
 pub mod stream;
 pub mod template;
 pub mod tls;
@@ -94,6 +95,8 @@ pub struct State {
     pub backend: Backend,
     pub realtime: Arc<realtime::Realtime>,
     pub admin: admin::Admin,
+    /// Open TCP connections on the public and TLS listeners (`limits.max_open_connections`).
+    pub connections: limits::Limits,
 }
 
 /// How often expired history is swept from idle channels.
@@ -178,7 +181,9 @@ impl App {
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
         };
-        let state = Arc::new(State { config, metrics, shutdown, tls, backend, realtime, admin: admin_api });
+        let connections = limits::Limits::default();
+        let state =
+            Arc::new(State { config, metrics, shutdown, tls, backend, realtime, admin: admin_api, connections });
         Ok(Self { state, workers, admin, events })
     }
 

@@ -20,7 +20,7 @@ struct Inner {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Live counts of realtime connections.
+/// Live counts of connections (realtime connections, or TCP connections: one each).
 #[derive(Clone, Default)]
 pub struct Limits(Arc<Inner>);
 
@@ -40,16 +40,21 @@ pub struct Admission {
 }
 
 impl Limits {
-    /// Takes a slot for a connection from `ip`, or refuses.
+    /// Takes a realtime connection slot for a connection from `ip`, or refuses.
     pub fn admit(&self, ip: IpAddr, cfg: &LimitsConfig) -> Result<Admission, Refused> {
+        self.admit_within(ip, cfg.max_connections, cfg.max_connections_per_ip)
+    }
+
+    /// Takes a slot under explicit caps (the TCP connection caps use their own `Limits`).
+    pub fn admit_within(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> Result<Admission, Refused> {
         let ip = ip.to_canonical();
-        if self.0.total.fetch_add(1, Ordering::AcqRel) >= cfg.max_connections {
+        if self.0.total.fetch_add(1, Ordering::AcqRel) >= max {
             self.0.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
         }
         let mut per_ip = self.0.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = per_ip.entry(ip).or_insert(0);
-        if *count >= cfg.max_connections_per_ip {
+        if *count >= max_per_ip {
             drop(per_ip);
             self.0.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::PerIp);

@@ -75,7 +75,13 @@ fn builder(state: &State) -> auto::Builder<Executor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    // HTTP/2 pings find dead peers (their streams and memory are freed within
+    // heartbeat.interval + heartbeat.timeout).
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(config.heartbeat.interval))
+        .keep_alive_timeout(config.heartbeat.timeout);
     b
 }
 
@@ -119,12 +125,34 @@ struct Connection {
 
 impl Connection {
     async fn run(self, state: Arc<State>, builder: Arc<auto::Builder<Executor>>) {
+        let config = state.config.load_full();
+        // Public and TLS connections count against the TCP caps; over them the socket is
+        // closed at once (nothing read, nothing allocated). The admin listener is ours.
+        let _slot = match self.kind {
+            Kind::Admin => None,
+            Kind::Public | Kind::Tls => {
+                let l = &config.limits;
+                match state.connections.admit_within(
+                    self.addr.ip(),
+                    l.max_open_connections,
+                    l.max_open_connections_per_ip,
+                ) {
+                    Ok(slot) => Some(slot),
+                    Err(e) => {
+                        state.metrics.eviction("connection_limit");
+                        return tracing::debug!(reason = %e, "connection refused: limits.max_open_connections");
+                    }
+                }
+            }
+        };
         let _open = state.metrics.connection(self.kind.label());
+        // A peer that stops reading may not pin its connection (and its queue) forever.
+        let stream = crate::stall::Stall::new(self.stream, config.heartbeat.timeout);
         // Nagle only delays small realtime frames; the kernel coalesces bulk writes anyway.
-        let _ = self.stream.set_nodelay(true);
+        let _ = stream.get_ref().set_nodelay(true);
         let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
         let kind = self.kind;
-        let limit = state.config.load().limits.header_read_timeout;
+        let limit = config.limits.header_read_timeout;
         let first_request = CancellationToken::new();
         let seen = first_request.clone();
         let abort = CancellationToken::new();
@@ -140,7 +168,7 @@ impl Connection {
         let served: Served = match (self.kind, &state.tls) {
             (Kind::Tls, Some(tls)) => {
                 let acceptor = tls.acceptor();
-                let stream = match tokio::time::timeout(limit, acceptor.accept(self.stream)).await {
+                let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -149,7 +177,7 @@ impl Connection {
                 Box::pin(self.watcher.watch(conn.into_owned()))
             }
             _ => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(self.stream), service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 Box::pin(self.watcher.watch(conn.into_owned()))
             }
         };

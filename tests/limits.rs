@@ -452,3 +452,51 @@ async fn channels_per_publish_is_a_bad_request() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------- stalled and excess connections
+
+#[tokio::test]
+async fn an_sse_stream_whose_writes_stall_is_closed_and_freed() {
+    // A queue far larger than what is published: no slow-consumer eviction can happen;
+    // only the write-stall timeout (heartbeat.timeout) can free this connection.
+    let extra = "limits: { subscriber_queue: 100000 }\nheartbeat: { interval: 500ms, timeout: 1s }";
+    let server = TestServer::start(&yaml(extra)).await;
+    let stalled = sse_stalled(&server, "channel=feed").await;
+    wait_metric(&server, &conns("sse"), |v| v == 1.0).await;
+    // 12 MB: more than loopback's socket buffers can hold, far less than the queue.
+    let big = pad(40_000);
+    for _ in 0..300 {
+        publish_ok(&http(), &server, "feed", json!(big)).await;
+    }
+    wait_metric(&server, &conns("sse"), |v| v == 0.0).await;
+    assert_eq!(metric(&metrics(&server).await, "sidewire_evictions_total{kind=\"slow_consumer\"}"), 0.0);
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn open_connections_are_capped_per_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&yaml("limits: { max_open_connections_per_ip: 3 }")).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(server.public).await.unwrap();
+        s.write_all(b"GET /_sidewire/client.js HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    // The fourth from the same address is closed at once, unread.
+    let mut s = tokio::net::TcpStream::connect(server.public).await.unwrap();
+    let _ = s.write_all(b"GET /_sidewire/client.js HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let n = within("the refused connection closing", s.read_to_end(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
+    // Another address is not affected.
+    let other = http_from(LOCALHOST_2.parse::<IpAddr>().unwrap());
+    let res = other.get(server.url("/_sidewire/client.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    drop(held);
+    server.stop().await;
+}

@@ -186,6 +186,9 @@ pub struct LimitsConfig {
     pub replay_bytes: usize,
     /// Most channels one published message names.
     pub channels_per_publish: usize,
+    /// TCP connections on the public and TLS listeners (any protocol); beyond, closed at once.
+    pub max_open_connections: usize,
+    pub max_open_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

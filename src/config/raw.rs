@@ -200,6 +200,8 @@ pub struct RawLimits {
     pub channels: usize,
     pub replay_bytes: usize,
     pub channels_per_publish: usize,
+    pub max_open_connections: usize,
+    pub max_open_connections_per_ip: usize,
 }
 
 impl Default for RawLimits {
@@ -218,6 +220,8 @@ impl Default for RawLimits {
             channels: 100_000,
             replay_bytes: 4 << 20,
             channels_per_publish: 100,
+            max_open_connections: 200_000,
+            max_open_connections_per_ip: 2000,
         }
     }
 }

@@ -303,6 +303,8 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
     c.positive("limits.channels", raw.channels);
     c.positive("limits.replay_bytes", raw.replay_bytes);
     c.positive("limits.channels_per_publish", raw.channels_per_publish);
+    c.positive("limits.max_open_connections", raw.max_open_connections);
+    c.positive("limits.max_open_connections_per_ip", raw.max_open_connections_per_ip);
     if raw.max_message_bytes < 64 || raw.max_message_bytes > MAX_MESSAGE_BYTES {
         c.fail("limits.max_message_bytes", format!("must be between 64 and {MAX_MESSAGE_BYTES}"));
     }
@@ -340,6 +342,8 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
         channels: raw.channels,
         replay_bytes: raw.replay_bytes,
         channels_per_publish: raw.channels_per_publish,
+        max_open_connections: raw.max_open_connections,
+        max_open_connections_per_ip: raw.max_open_connections_per_ip,
     }
 }
 
