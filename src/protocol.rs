@@ -61,10 +61,23 @@ impl ErrorCode {
 /// A client request.
 #[derive(Debug)]
 pub enum ClientMsg {
-    Subscribe { channel: String, since: Option<String> },
-    Unsubscribe { channel: String },
-    Publish { channel: String, event: Option<String>, data: Box<RawValue> },
-    Presence { channel: String },
+    /// `echo: false`: the connection does not get its own publishes on this channel.
+    Subscribe {
+        channel: String,
+        since: Option<String>,
+        echo: bool,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        event: Option<String>,
+        data: Box<RawValue>,
+    },
+    Presence {
+        channel: String,
+    },
     Ping,
 }
 
@@ -76,6 +89,7 @@ struct Envelope {
     reference: Option<Box<RawValue>>,
     channel: Option<String>,
     since: Option<String>,
+    echo: Option<bool>,
     event: Option<String>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
@@ -111,7 +125,11 @@ pub fn parse(text: &str) -> Result<(ClientMsg, Option<Box<RawValue>>), BadReques
     let reference = env.reference;
     let need = |field: Option<String>, name: &str| field.ok_or_else(|| format!("{} needs \"{name}\"", env.kind));
     let msg = match env.kind.as_str() {
-        "subscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Subscribe { channel, since: env.since }),
+        "subscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Subscribe {
+            channel,
+            since: env.since,
+            echo: env.echo.unwrap_or(true),
+        }),
         "unsubscribe" => need(env.channel, "channel").map(|channel| ClientMsg::Unsubscribe { channel }),
         "presence" => need(env.channel, "channel").map(|channel| ClientMsg::Presence { channel }),
         "publish" => need(env.channel, "channel").and_then(|channel| match env.data {
@@ -155,6 +173,9 @@ struct MessageBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a str>,
     data: &'a RawValue,
+    /// Client publishes only: the sender (`null` when anonymous).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<Option<&'a str>>,
 }
 
 /// `message {channel, id, event?, data}` (or `join`/`leave {channel, user}`); encoded
@@ -171,6 +192,7 @@ pub fn encode_message(msg: &Message) -> String {
         id: msg.id.map(|id| id.to_string()),
         event: msg.event.as_deref(),
         data: &msg.data,
+        user: msg.sender.as_ref().map(|u| u.as_deref()),
     };
     encode("message", body, None)
 }
@@ -183,7 +205,7 @@ mod tests {
     fn parses_requests() {
         let (m, r) = parse(r#"{"type":"subscribe","channel":"room:1","since":"a.1","ref":7}"#).unwrap();
         assert!(
-            matches!(m, ClientMsg::Subscribe { ref channel, since: Some(ref s) } if channel == "room:1" && s == "a.1")
+            matches!(m, ClientMsg::Subscribe { ref channel, since: Some(ref s), echo: true } if channel == "room:1" && s == "a.1")
         );
         assert_eq!(r.unwrap().get(), "7");
         let (m, _) = parse(r#"{"type":"publish","channel":"c","event":"chat","data":{"x":[1,2]}}"#).unwrap();

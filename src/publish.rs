@@ -143,7 +143,7 @@ fn check(config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejecti
     let mut drafts = Vec::with_capacity(names.len());
     for name in names {
         let channel: ChannelName = policy::channel_name(name).map_err(|e| with_index(e, index))?;
-        let p = Publish { channel: &channel, event: item.event.as_deref(), data, exclude };
+        let p = Publish { channel: &channel, event: item.event.as_deref(), data, exclude, sender: None, from: None };
         drafts.push(prepare(config, &p).map_err(|e| with_index(e, index))?);
     }
     let idempotency = item.idempotency_key.as_deref().filter(|k| !k.is_empty()).map(|k| Idempotency::new(k, &drafts));
@@ -176,6 +176,10 @@ pub struct Publish<'a> {
     pub event: Option<&'a str>,
     pub data: &'a RawValue,
     pub exclude: Option<ConnRef>,
+    /// The publishing client's user (`Some(None)`: anonymous); `None` from the backend.
+    pub sender: Option<Option<std::sync::Arc<str>>>,
+    /// The publishing client connection (for its `echo: false` subscriptions).
+    pub from: Option<ConnRef>,
 }
 
 /// Checks a message against its channel policy and the size limit, before anything is
@@ -206,6 +210,8 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
         data: compact(p.data),
         ephemeral,
         exclude: p.exclude,
+        sender: p.sender.clone(),
+        from: p.from,
     };
     Ok((draft, retention(policy)))
 }

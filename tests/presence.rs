@@ -188,3 +188,34 @@ async fn an_evicted_slow_consumer_leaves() {
     drop(slow);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn client_publishes_carry_the_sender_and_echo_false_skips_ones_own() {
+    let (_backend, server) = start("").await;
+    let (mut bob, _) = tab(&server, "tok-b").await;
+    bob.expect("join").await;
+    let (mut alice, _) = WsClient::open(&server, "/ws?token=tok-a").await;
+    alice.send_json(json!({ "type": "subscribe", "channel": "room:1", "echo": false })).await;
+    alice.expect("subscribed").await;
+    alice.expect("join").await;
+    bob.expect("join").await;
+    // The data claims to be from bob; the stamped user says who really sent it.
+    let typing =
+        json!({ "type": "publish", "channel": "room:1", "event": "typing", "data": { "user": "bob" }, "ref": 1 });
+    alice.send_json(typing).await;
+    assert_eq!(alice.expect("published").await["ref"], 1);
+    let got = bob.expect("message").await;
+    assert_eq!((got["user"].as_str(), got["data"]["user"].as_str()), (Some("alice"), Some("bob")), "{got}");
+    // Alice does not get her own message back; bob's reaches her, stamped with his name.
+    alice.assert_quiet().await;
+    bob.send_json(json!({ "type": "publish", "channel": "room:1", "data": "hi" })).await;
+    assert_eq!(alice.expect("message").await["user"], "bob");
+    bob.expect("published").await;
+    assert_eq!(bob.expect("message").await["user"], "bob", "echo is on by default");
+    // Backend publishes carry no user at all.
+    let admin = Publisher::new(&server);
+    admin.publish("room:1", None, "1").await;
+    let from_backend = bob.expect("message").await;
+    assert!(from_backend.get("user").is_none(), "{from_backend}");
+    server.stop().await;
+}

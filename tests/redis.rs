@@ -89,10 +89,17 @@ async fn a_publish_on_any_instance_reaches_every_instance_once() {
     assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some(first.as_str()), Some("from a")));
     let ev = stream.next().await.unwrap();
     assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some(second.as_str()), Some("from b")));
-    // A client broadcast on B reaches A too; ephemeral events carry no id.
+    // A client broadcast on B reaches A too, stamped with its (anonymous: null) sender;
+    // ephemeral events carry no id; with echo off, B does not get its own back.
+    on_b.send_json(json!({ "type": "subscribe", "channel": "room:1", "echo": false })).await;
+    on_b.expect("subscribed").await;
     on_b.send_json(json!({ "type": "publish", "channel": "room:1", "event": "typing", "data": 1 })).await;
     let typing = on_a.expect("message").await;
     assert_eq!((typing["event"].as_str(), typing.get("id")), (Some("typing"), None));
+    assert_eq!(typing["user"], Value::Null);
+    assert!(typing.get("user").is_some(), "client publishes carry user: {typing}");
+    on_b.expect("published").await;
+    on_b.assert_quiet().await;
     a.stop().await;
     b.stop().await;
 }

@@ -112,6 +112,12 @@ struct Envelope<'a> {
     /// `exclude_connection`, as a connection name (only its own instance resolves it).
     #[serde(rename = "x", skip_serializing_if = "Option::is_none", borrow)]
     exclude: Option<&'a str>,
+    /// Client publishes: set, with the sender in `u` (absent: anonymous).
+    #[serde(rename = "c", skip_serializing_if = "Option::is_none", default)]
+    client: Option<bool>,
+    /// The publishing client connection (its instance skips it for `echo: false`).
+    #[serde(rename = "f", skip_serializing_if = "Option::is_none", borrow, default)]
+    from: Option<&'a str>,
 }
 
 fn classify(e: RedisError, timeout: Duration) -> BrokerError {
@@ -272,13 +278,16 @@ impl Redis {
                 inv.key(shared.keys.seq(name)).key(shared.keys.log(name));
                 let ttl = retention.ttl.max(MIN_KEY_TTL).as_millis().min(u128::from(u64::MAX)) as u64;
                 let exclude = draft.exclude.map(|c| c.to_string());
+                let from = draft.from.map(|c| c.to_string());
                 let env = Envelope {
                     kind: None,
-                    user: None,
+                    user: draft.sender.as_ref().and_then(|u| u.as_deref()),
                     info: None,
                     event: draft.event.as_deref(),
                     data: &draft.data,
                     exclude: exclude.as_deref(),
+                    client: draft.sender.is_some().then_some(true),
+                    from: from.as_deref(),
                 };
                 let env = serde_json::to_string(&env).map_err(|e| BrokerError::Protocol(e.to_string()))?;
                 inv.arg(shared.keys.pubsub(name)).arg(retention.size).arg(ttl).arg(u8::from(draft.ephemeral)).arg(env);
@@ -608,6 +617,8 @@ impl Redis {
                 data: msg.data.clone(),
                 ephemeral: false,
                 exclude: msg.exclude.map(|c| shared.hub.conn_ref(c)),
+                sender: msg.sender.clone(),
+                from: msg.from.map(|c| shared.hub.conn_ref(c)),
             };
             if let Delivery::Gap { .. } = shared.hub.deliver(draft, None, Seq::Given { id, prev }) {
                 shared.hub.lose(channel);
@@ -754,6 +765,8 @@ fn draft(channel: &ChannelName, envelope: &str, ephemeral: bool) -> Option<Draft
         data: env.data.to_owned(),
         ephemeral,
         exclude: env.exclude.and_then(ConnRef::parse),
+        sender: env.client.filter(|c| *c).map(|_| env.user.map(Arc::from)),
+        from: env.from.and_then(ConnRef::parse),
     })
 }
 

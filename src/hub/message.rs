@@ -58,6 +58,10 @@ pub struct Message {
     pub data: Box<RawValue>,
     /// Not delivered to this connection (the sender of a webhook-approved message).
     pub exclude: Option<ConnId>,
+    /// The publishing client's user, stamped by sidewire (see [`super::Draft::sender`]).
+    pub sender: Option<Option<std::sync::Arc<str>>>,
+    /// The connection of this instance that published it, if a client here did.
+    pub from: Option<ConnId>,
     /// When it was published: history TTL counts from here.
     pub at: Instant,
     /// The WebSocket text frame's payload, filled by the WebSocket transport.
@@ -75,6 +79,8 @@ impl Message {
             event,
             data,
             exclude: None,
+            sender: None,
+            from: None,
             at: Instant::now(),
             ws: OnceLock::new(),
             sse: OnceLock::new(),
@@ -102,6 +108,8 @@ impl Message {
     pub fn from_draft(draft: Draft, id: Option<MessageId>, here: super::cursor::Epoch) -> Self {
         let mut msg = Self::new(draft.channel, id, draft.event, draft.data);
         msg.exclude = draft.exclude.filter(|r| r.instance == here).map(|r| r.conn);
+        msg.sender = draft.sender;
+        msg.from = draft.from.filter(|r| r.instance == here).map(|r| r.conn);
         msg
     }
 
@@ -117,6 +125,9 @@ impl Message {
         }
         let data = serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null);
         obj.insert("data".into(), data);
+        if let Some(user) = &self.sender {
+            obj.insert("user".into(), user.as_deref().into());
+        }
         serde_json::Value::Object(obj)
     }
 }

@@ -730,6 +730,11 @@ pub struct Draft {
     pub ephemeral: bool,
     /// Not delivered to this connection (of whichever instance holds it).
     pub exclude: Option<ConnRef>,
+    /// Who published it, for client publishes (`Some(None)`: an anonymous client); `None`
+    /// for backend publishes (SPEC §3).
+    pub sender: Option<Option<Arc<str>>>,
+    /// The client connection that published it (for `echo: false` subscriptions).
+    pub from: Option<ConnRef>,
 }
 
 #[cfg(test)]

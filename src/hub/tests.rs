@@ -46,6 +46,8 @@ fn draft(channel: &str, n: u32) -> Draft {
         data: RawValue::from_string(n.to_string()).unwrap(),
         ephemeral: false,
         exclude: None,
+        sender: None,
+        from: None,
     }
 }
 

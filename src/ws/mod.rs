@@ -110,6 +110,9 @@ struct Conn {
     /// on first use, since most connections never publish through the backend.
     replies: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
     interrupt: Interrupt,
+    /// Channels subscribed with `echo: false`: this connection's own publishes there are
+    /// not sent back to it.
+    quiet: Vec<crate::names::ChannelName>,
 }
 
 /// What ends a session whatever it is doing, even in the middle of a write: one token,
@@ -192,6 +195,7 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         last_seen: Instant::now(),
         expiry,
         replies: None,
+        quiet: Vec::new(),
     };
     // Boxed: the start-up and request-handling futures are large and rare; kept inline
     // they would sit in every idle connection's task.
@@ -293,13 +297,13 @@ impl Conn {
 
     /// Sends `first` and whatever else is queued, then flushes once.
     async fn deliver(&mut self, first: Arc<Message>) -> Result<(), End> {
-        let Conn { ctx, ws, session, inbox, interrupt, .. } = self;
+        let Conn { ctx, ws, session, inbox, interrupt, quiet, .. } = self;
         let mut next = Some(first);
         let write = async {
             let mut n = 0;
             while let Some(msg) = next.take() {
                 // Messages queued before an unsubscribe are not delivered after it.
-                if session.channels.contains(&msg.channel) {
+                if session.channels.contains(&msg.channel) && !echo_off(quiet, session.conn, &msg) {
                     ws.feed(text_frame(&msg)).await?;
                 }
                 n += 1;
@@ -389,15 +393,22 @@ impl Conn {
     /// stops reading must not pin the session (and so shutdown) forever.
     async fn replay(&mut self, messages: Vec<Arc<Message>>) -> Result<(), End> {
         let timeout = self.ctx.config.heartbeat.timeout;
+        let (quiet, conn) = (&self.quiet, self.session.conn);
         let ws = &mut self.ws;
         let write = async move {
-            for msg in messages {
-                ws.feed(text_frame(&msg)).await?;
+            for msg in messages.iter().filter(|m| !echo_off(quiet, conn, m)) {
+                ws.feed(text_frame(msg)).await?;
             }
             ws.flush().await
         };
         bounded(&self.interrupt, timeout, write).await
     }
+}
+
+/// Whether `msg` is this connection's own publish on a channel it subscribed to with
+/// `echo: false`.
+fn echo_off(quiet: &[crate::names::ChannelName], conn: crate::hub::ConnId, msg: &Message) -> bool {
+    msg.from == Some(conn) && quiet.contains(&msg.channel)
 }
 
 /// The message's text frame. Encoded once per message into its `ws` slot and shared by

@@ -48,11 +48,23 @@ impl Conn {
         };
         let r = reference.as_deref();
         match msg {
-            ClientMsg::Subscribe { channel, since } => self.subscribe(&channel, since.as_deref(), r).await,
+            ClientMsg::Subscribe { channel, since, echo } => {
+                self.quiet(&channel, echo);
+                self.subscribe(&channel, since.as_deref(), r).await
+            }
             ClientMsg::Unsubscribe { channel } => self.unsubscribe(&channel, r).await,
             ClientMsg::Publish { channel, event, data } => self.publish(&channel, event.as_deref(), &data, r).await,
             ClientMsg::Presence { channel } => self.presence(&channel, r).await,
             ClientMsg::Ping => self.send(protocol::encode("pong", json!({}), r)).await,
+        }
+    }
+
+    /// Records `echo` for `channel` (a name that is not valid is refused by `subscribe`).
+    fn quiet(&mut self, channel: &str, echo: bool) {
+        let Ok(name) = crate::names::ChannelName::new(channel) else { return };
+        self.quiet.retain(|c| *c != name);
+        if !echo {
+            self.quiet.push(name);
         }
     }
 
@@ -111,6 +123,7 @@ impl Conn {
             Err(e) => return self.refused(e, r).await,
         };
         self.session.unsubscribe(&name);
+        self.quiet.retain(|c| *c != name);
         self.send(protocol::encode("unsubscribed", json!({ "channel": name.as_str() }), r)).await
     }
 
@@ -147,7 +160,11 @@ impl Conn {
         let checked = policy::channel_name(channel).and_then(|name| {
             let policy = policy::authorize(&config, &self.session.identity, &name)?;
             // Size and event checks apply whoever ends up publishing.
-            let prepared = publish::prepare(&config, &Publish { channel: &name, event, data, exclude: None })?;
+            // The sender is stamped from the identity, never taken from the client.
+            let sender = Some(self.session.identity.user.as_deref().map(std::sync::Arc::from));
+            let from = Some(self.ctx.state.broker.hub().conn_ref(self.session.conn));
+            let p = Publish { channel: &name, event, data, exclude: None, sender, from };
+            let prepared = publish::prepare(&config, &p)?;
             Ok((name, policy.client_publish, prepared))
         });
         let (name, mode, (draft, retention)) = match checked {
