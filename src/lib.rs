@@ -148,7 +148,6 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let (lifecycle, events) = webhook::Lifecycle::new();
         let broker = match &config.broker {
             config::BrokerConfig::Memory => {
                 broker::Broker::Memory(Arc::new(broker::Memory::new(hub::Hub::new(metrics.hub.clone()))))
@@ -162,6 +161,7 @@ impl App {
         };
         let l = &config.limits;
         broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
+        let (lifecycle, events) = webhook::Lifecycle::new(broker.hub().instance());
         let config: Live = Arc::new(ArcSwap::from_pointee(config));
         let shutdown = Shutdown::new();
         let backend = Backend::new(Arc::clone(&config), Arc::clone(&metrics));
@@ -213,7 +213,8 @@ impl App {
         if let broker::Broker::Redis(redis) = &state.admin.broker {
             sd.spawn(redis.clone().run(sd.clone()));
         }
-        sd.spawn(webhook::run(state.backend.clone(), self.events, sd.clone()));
+        let rt = &state.realtime;
+        sd.spawn(webhook::run(rt.backend.clone(), rt.lifecycle.clone(), self.events, rt.limits.clone(), sd.clone()));
         tracing::info!("sidewire is serving");
         sd.cancelled().await;
         tracing::info!("shutting down: draining connections");

@@ -83,7 +83,7 @@ const UPSTREAM_ERROR_KINDS: [&str; 4] = ["bad_request", "connect", "timeout", "f
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every reason `webhook.rs` drops lifecycle events for (`sidewire_webhook_dropped_total`
 /// is what alerts watch, so it must read 0, not "no data", while nothing was lost).
-const WEBHOOK_DROP_REASONS: [&str; 3] = ["queue_full", "rejected", "failed"];
+const WEBHOOK_DROP_REASONS: [&str; 4] = ["queue_full", "rejected", "expired", "shutdown"];
 
 /// Upstream latency buckets, seconds: 0.5 ms .. 30 s.
 const LATENCY_BUCKETS: [f64; 14] =

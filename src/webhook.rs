@@ -4,9 +4,13 @@
 //! Every POST carries `X-Sidewire-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>">`. Lifecycle events never touch the client path: they are `try_send`-ed
 //! into a bounded queue (dropped and counted when full); one worker sends them, batched
-//! as a JSON array when several wait, retried with exponential backoff, and counted when
-//! finally dropped.
+//! as a JSON array when several wait. Delivery is at-least-once: each event has a unique
+//! `id`, a batch is retried with capped backoff for `webhooks.retry_for`, and at shutdown
+//! the queue is flushed within `shutdown_grace`. Every drop is counted by its reason
+//! (`queue_full`, `rejected`, `expired`, `shutdown`) and logged once per burst.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::{Secret, WebhookEvent};
+use crate::limits::Limits;
 use crate::proxy::Backend;
 use crate::respond::full;
 use crate::shutdown::Shutdown;
@@ -24,8 +29,6 @@ use crate::shutdown::Shutdown;
 pub const QUEUE: usize = 10_000;
 /// Most events in one POST.
 const BATCH: usize = 100;
-/// Attempts per batch before it is dropped.
-const ATTEMPTS: u32 = 5;
 /// First retry delay; doubled each attempt.
 const BACKOFF: Duration = Duration::from_millis(200);
 /// Largest webhook answer read.
@@ -106,32 +109,95 @@ pub async fn post(backend: &Backend, body: &Value) -> Reply {
 #[derive(Clone)]
 pub struct Lifecycle {
     tx: mpsc::Sender<Value>,
+    /// Names events uniquely: `<instance>-e<n>` (unlike connection ids).
+    ids: Arc<Ids>,
+    drops: Arc<Drops>,
+}
+
+struct Ids {
+    instance: String,
+    next: AtomicU64,
 }
 
 impl Lifecycle {
-    /// A queue and its receiver (hand the receiver to [`run`]).
-    pub fn new() -> (Self, mpsc::Receiver<Value>) {
+    /// A queue and its receiver (hand the receiver to [`run`]); `instance` prefixes the
+    /// event ids (unique across instances).
+    pub fn new(instance: String) -> (Self, mpsc::Receiver<Value>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { tx }, rx)
+        let ids = Arc::new(Ids { instance, next: AtomicU64::new(1) });
+        (Self { tx, ids, drops: Arc::default() }, rx)
     }
 
-    /// Queues `event` if its type is enabled. Never waits: a full queue drops it.
-    pub fn emit(&self, backend: &Backend, kind: WebhookEvent, event: Value) {
+    /// A fresh event id, for this queue's events and for message webhooks.
+    pub fn next_id(&self) -> String {
+        format!("{}-e{:x}", self.ids.instance, self.ids.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Queues `event` (given its `id` here) if its type is enabled. Never waits: a full
+    /// queue drops it (counted, and logged once per burst).
+    pub fn emit(&self, backend: &Backend, kind: WebhookEvent, mut event: Value) {
         if !backend.config.load().webhooks.events.contains(&kind) {
             return;
         }
+        event["id"] = self.next_id().into();
         if self.tx.try_send(event).is_err() {
-            backend.metrics.webhook_dropped("queue_full");
+            self.drops.dropped(backend, "queue_full", 1);
         }
     }
 }
 
-/// The one lifecycle sender: batches what is waiting, retries with backoff.
-pub async fn run(backend: Backend, mut rx: mpsc::Receiver<Value>, shutdown: Shutdown) {
+/// Drop accounting: every drop is counted; a warning is logged at most once per
+/// [`DROP_LOG_EVERY`] with the number dropped since the last one.
+#[derive(Default)]
+struct Drops {
+    last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// Least time between two "webhook events dropped" warnings.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Drops {
+    fn dropped(&self, backend: &Backend, reason: &'static str, n: u64) {
+        backend.metrics.webhook_dropped_n(reason, n);
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match &mut *last {
+            Some((at, pending)) if now.duration_since(*at) < DROP_LOG_EVERY => *pending += n,
+            other => {
+                let before = other.map_or(0, |(_, p)| p);
+                tracing::warn!(reason, dropped = n + before, "lifecycle webhook events dropped");
+                *other = Some((now, 0));
+            }
+        }
+    }
+}
+
+/// The one lifecycle sender: batches what is waiting, retries each batch until the
+/// backend takes it or `webhooks.retry_for` has passed (at-least-once; events carry an
+/// `id` so the backend can drop a duplicate). At shutdown it keeps sending — including
+/// the `disconnect`s the drain produces — until the queue is empty and every realtime
+/// connection (`sessions`) has closed, or `shutdown_grace` is over.
+pub async fn run(
+    backend: Backend,
+    lifecycle: Lifecycle,
+    mut rx: mpsc::Receiver<Value>,
+    sessions: Limits,
+    shutdown: Shutdown,
+) {
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + backend.config.load().shutdown_grace);
+                continue;
+            }
             ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+            () = tokio::time::sleep(DRAIN_POLL), if deadline.is_some() => {
+                if sessions.total() == 0 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return drop_rest(&backend, &lifecycle, &mut rx, "shutdown");
+                }
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -140,33 +206,60 @@ pub async fn run(backend: Backend, mut rx: mpsc::Receiver<Value>, shutdown: Shut
                 Err(_) => break,
             }
         }
+        let count = batch.len() as u64;
         let body = if batch.len() == 1 { batch.pop().unwrap_or(Value::Null) } else { Value::Array(batch) };
-        deliver(&backend, &body, &shutdown).await;
+        if let Err(reason) = deliver(&backend, &body, deadline).await {
+            lifecycle.drops.dropped(&backend, reason, count);
+        }
     }
 }
 
-async fn deliver(backend: &Backend, body: &Value, shutdown: &Shutdown) {
-    let count = body.as_array().map_or(1, Vec::len) as u64;
+/// Counts what is still queued as dropped for `reason`.
+fn drop_rest(backend: &Backend, lifecycle: &Lifecycle, rx: &mut mpsc::Receiver<Value>, reason: &'static str) {
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    if n > 0 {
+        lifecycle.drops.dropped(backend, reason, n);
+    }
+}
+
+/// How often a draining sender checks whether the last session has closed.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts of one batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Sends one batch until the backend takes it; `Err(reason)` when it is dropped.
+async fn deliver(
+    backend: &Backend,
+    body: &Value,
+    shutdown_deadline: Option<tokio::time::Instant>,
+) -> Result<(), &'static str> {
+    let retry_for = backend.config.load().webhooks.retry_for;
+    let give_up = tokio::time::Instant::now() + retry_for;
     let mut delay = BACKOFF;
-    for attempt in 1..=ATTEMPTS {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
         match post(backend, body).await {
-            Reply::Accepted(_) => return,
+            Reply::Accepted(_) => return Ok(()),
             Reply::Rejected(status) => {
                 tracing::warn!(status = status.as_u16(), "backend refused lifecycle events; dropped");
-                backend.metrics.webhook_dropped_n("rejected", count);
-                return;
+                return Err("rejected");
             }
-            Reply::Failed(e) => tracing::warn!(attempt, error = %e, "lifecycle webhook failed"),
+            Reply::Failed(e) => tracing::warn!(attempt, error = %e, "lifecycle webhook failed; retrying"),
         }
-        if attempt < ATTEMPTS {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay *= 2;
+        let next = tokio::time::Instant::now() + delay;
+        if next > give_up {
+            return Err("expired");
         }
+        if shutdown_deadline.is_some_and(|d| next > d) {
+            return Err("shutdown");
+        }
+        tokio::time::sleep_until(next).await;
+        delay = (delay * 2).min(MAX_BACKOFF);
     }
-    backend.metrics.webhook_dropped_n("failed", count);
 }
 
 #[cfg(test)]

@@ -93,8 +93,11 @@ async fn client_message_goes_to_the_backend_which_publishes_its_own() {
     let sig = post.headers["x-sidewire-signature"].to_str().unwrap();
     assert!(sig.starts_with("t=") && sig.contains(",v1="), "{sig}");
     assert_eq!(post.headers["content-type"], "application/json");
+    let id = post.body["id"].as_str().expect("every event has an id").to_owned();
+    assert_ne!(json!(id), connection, "event ids are not connection ids");
     let expected = json!({
         "type": "message",
+        "id": id,
         "connection": connection,
         "user": "alice",
         "info": { "name": "alice" },
@@ -217,15 +220,17 @@ async fn waiting_events_are_batched_into_one_post() {
 #[tokio::test]
 async fn a_failing_endpoint_is_retried_until_the_events_arrive() {
     let backend = backend().await;
-    backend.respond(|_, i| if i < 2 { EventReply::status(500) } else { EventReply::ok(json!({})) });
+    // Six failures: more than the five attempts an older sidewire gave a batch.
+    backend.respond(|_, i| if i < 6 { EventReply::status(500) } else { EventReply::ok(json!({})) });
     let server = TestServer::start(&lifecycle_yaml(&backend)).await;
-    let dropped = r#"sidewire_webhook_dropped_total{kind="failed"}"#;
+    let dropped = r#"sidewire_webhook_dropped_total{kind="expired"}"#;
     assert_eq!(metric(&server, dropped).await, Some(0.0), "the series exists before anything is dropped");
     let (_alice, welcome) = WsClient::open(&server, "/ws?token=tok-a").await;
-    let posts = backend.wait_posts(3).await;
+    let posts = backend.wait_posts(7).await;
     for post in &posts {
         assert_eq!(post.body["type"], "connect");
         assert_eq!(post.body["connection"], welcome["connection"]);
+        assert_eq!(post.body["id"], posts[0].body["id"], "a retry carries the same id");
         assert!(post.signed);
     }
     assert_eq!(metric(&server, dropped).await, Some(0.0));
@@ -245,4 +250,44 @@ async fn refused_lifecycle_events_are_dropped_and_counted() {
     // The client path never noticed.
     alice.assert_quiet().await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn events_give_up_after_retry_for_and_are_counted() {
+    let backend = backend().await;
+    backend.respond(|_, _| EventReply::status(500));
+    let yaml = lifecycle_yaml(&backend).replace("events: [connect", "retry_for: 1s, events: [connect");
+    let server = TestServer::start(&yaml).await;
+    let (_alice, _) = WsClient::open(&server, "/ws?token=tok-a").await;
+    wait_metric(&server, r#"sidewire_webhook_dropped_total{kind="expired"}"#, 1.0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_event_has_its_own_id_and_shutdown_flushes_the_disconnects() {
+    let backend = backend().await;
+    let server = TestServer::start(&lifecycle_yaml(&backend)).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(WsClient::open(&server, "/ws?token=tok-a").await.0);
+    }
+    backend.wait_event("three connects", |_| backend_connects(&backend) == 3).await;
+    // Shutdown closes the three sessions; their disconnects still reach the backend.
+    let closing: Vec<_> =
+        clients.into_iter().map(|mut c| tokio::spawn(async move { c.expect_close().await })).collect();
+    server.stop().await;
+    for c in closing {
+        assert_eq!(c.await.unwrap().0, 1001);
+    }
+    let events = backend.events();
+    let disconnects = events.iter().filter(|e| e["type"] == "disconnect").count();
+    assert_eq!(disconnects, 3, "{events:#?}");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "ids are unique");
+}
+
+fn backend_connects(backend: &Backend) -> usize {
+    backend.events().iter().filter(|e| e["type"] == "connect").count()
 }

@@ -125,6 +125,8 @@ pub struct WebhookConfig {
     pub endpoint: String,
     pub events: Vec<WebhookEvent>,
     pub secret: Option<Secret>,
+    /// How long a lifecycle batch is retried before it is dropped (at-least-once).
+    pub retry_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,11 +124,12 @@ pub struct RawWebhooks {
     pub endpoint: String,
     pub events: Vec<String>,
     pub secret: Option<String>,
+    pub retry_for: Dur,
 }
 
 impl Default for RawWebhooks {
     fn default() -> Self {
-        Self { endpoint: "/realtime/events".into(), events: vec!["message".into()], secret: None }
+        Self { endpoint: "/realtime/events".into(), events: vec!["message".into()], secret: None, retry_for: secs(300) }
     }
 }
 

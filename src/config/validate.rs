@@ -190,7 +190,8 @@ fn webhooks(c: &mut Check<'_>, raw: RawWebhooks, channels: &[ChannelPolicy]) -> 
     if backend_publish && !events.contains(&WebhookEvent::Message) {
         c.fail("webhooks.events", "must include message while a channel uses client_publish: backend");
     }
-    WebhookConfig { endpoint: c.endpoint("webhooks.endpoint", &raw.endpoint), events, secret }
+    let retry_for = c.nonzero_dur("webhooks.retry_for", raw.retry_for);
+    WebhookConfig { endpoint: c.endpoint("webhooks.endpoint", &raw.endpoint), events, secret, retry_for }
 }
 
 fn routes(c: &mut Check<'_>, raw: Vec<RawRoute>, prefix: &str) -> Vec<RouteConfig> {

@@ -208,6 +208,7 @@ impl Conn {
         let data_value: serde_json::Value = serde_json::from_str(data.get()).unwrap_or_default();
         let mut body = json!({
             "type": "message",
+            "id": self.ctx.state.lifecycle.next_id(),
             "connection": self.ctx.state.broker.hub().conn_name(self.session.conn),
             "user": identity.user,
             "info": identity.info,
