@@ -234,10 +234,20 @@ impl Handle {
     }
 
     /// Applies a new config. Returns the changed keys that need a restart (those keep
-    /// their old values). The TLS certificate is reloaded as well.
-    pub async fn reload(&self, mut new: Config) -> Vec<&'static str> {
+    /// their old values), or why the new config is refused (the running one stays). The
+    /// TLS certificate is reloaded as well.
+    pub async fn reload(&self, mut new: Config) -> Result<Vec<&'static str>, String> {
         let state = &self.0;
         let old = state.config.load_full();
+        // The admin listener stays bound where it is: the secret rule applies to that
+        // address, not to the one the new file names.
+        if new.admin.secret.is_none() && !old.admin.listen.ip().is_loopback() {
+            state.metrics.reload("config_refused");
+            return Err(format!(
+                "admin.secret: required while the admin listener is bound to {} (not loopback)",
+                old.admin.listen
+            ));
+        }
         let restart = old.restart_required(&new);
         // Keep what cannot change while running.
         new.listen = old.listen;
@@ -259,7 +269,7 @@ impl Handle {
         state.admin.broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
         state.config.store(Arc::new(new));
         state.metrics.reload("config_ok");
-        restart
+        Ok(restart)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -97,11 +97,12 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
 
 async fn reload(handle: &sidewire::Handle, path: &std::path::Path) {
     match Config::load(path, &env) {
-        Ok(new) => {
-            let restart = handle.reload(new).await;
-            tracing::info!(restart_required = ?restart, "config reloaded");
-        }
+        Ok(new) => match handle.reload(new).await {
+            Ok(restart) => tracing::info!(restart_required = ?restart, "config reloaded"),
+            Err(e) => tracing::warn!(problem = %e, "config reload refused; keeping the running config"),
+        },
         Err(e) => {
+            handle.metrics().reload("config_invalid");
             tracing::warn!(problems = %e, "config reload refused; keeping the running config")
         }
     }

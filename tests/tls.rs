@@ -192,7 +192,7 @@ async fn handle_reload_reloads_the_certificate() {
     let addr = tls_addr(&server);
 
     files.write(&new.cert_pem, &new.key_pem);
-    let restart = server.handle.reload(config(&yaml)).await;
+    let restart = server.handle.reload(config(&yaml)).await.unwrap();
     assert!(restart.is_empty(), "{restart:?}");
     assert_eq!(served_cert(&client, addr).await, new.der);
 

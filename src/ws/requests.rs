@@ -79,7 +79,9 @@ impl Conn {
         since_text: Option<&str>,
         r: Option<&RawValue>,
     ) -> Result<(), End> {
-        let config = Arc::clone(&self.ctx.config);
+        // Every request is checked against the current config (a reload applies to
+        // open connections too), not the one of the handshake.
+        let config = self.ctx.state.config.load_full();
         let checked = policy::channel_name(channel).and_then(|name| {
             let policy = policy::authorize(&config, &self.session.identity, &name)?;
             Ok((name, policy::retention(policy)))
@@ -128,7 +130,9 @@ impl Conn {
     }
 
     async fn presence(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
-        let config = Arc::clone(&self.ctx.config);
+        // Every request is checked against the current config (a reload applies to
+        // open connections too), not the one of the handshake.
+        let config = self.ctx.state.config.load_full();
         let checked = policy::channel_name(channel).and_then(|name| {
             let policy = policy::authorize(&config, &self.session.identity, &name)?;
             if policy.presence {
@@ -156,7 +160,9 @@ impl Conn {
         data: &RawValue,
         r: Option<&RawValue>,
     ) -> Result<(), End> {
-        let config = Arc::clone(&self.ctx.config);
+        // Every request is checked against the current config (a reload applies to
+        // open connections too), not the one of the handshake.
+        let config = self.ctx.state.config.load_full();
         let checked = policy::channel_name(channel).and_then(|name| {
             let policy = policy::authorize(&config, &self.session.identity, &name)?;
             // Size and event checks apply whoever ends up publishing.
@@ -219,7 +225,9 @@ impl Conn {
             body["event"] = ev.into();
         }
         let state = Arc::clone(&self.ctx.state);
-        let config = Arc::clone(&self.ctx.config);
+        // Every request is checked against the current config (a reload applies to
+        // open connections too), not the one of the handshake.
+        let config = self.ctx.state.config.load_full();
         let channel = name.clone();
         let reference = r.map(ToOwned::to_owned);
         self.ctx.state.shutdown.spawn(async move {
