@@ -199,7 +199,7 @@ async fn handle_reload_reloads_the_certificate() {
     // A reload may also point at other files.
     let elsewhere = CertFiles::new(&moved);
     let yaml = format!("backend: {{ url: \"{}\" }}\n{}", backend.url(), elsewhere.yaml("1h"));
-    server.handle.reload(config(&yaml)).await;
+    server.handle.reload(config(&yaml)).await.unwrap();
     assert_eq!(served_cert(&client, addr).await, moved.der);
     assert_eq!(tls::get(client.connect(addr).await.unwrap(), Version::HTTP_2, "/").await.status(), 200);
     server.stop().await;
