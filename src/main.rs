@@ -17,7 +17,7 @@ enum LogFormat {
 
 /// Reverse-proxy sidecar adding WebSocket, SSE and long-poll to an HTTP app.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, after_help = HELP)]
 struct Cli {
     /// Config file.
     #[arg(long, default_value = "config.yaml")]
@@ -30,12 +30,32 @@ struct Cli {
     log_format: LogFormat,
 }
 
+const HELP: &str = "\
+Examples:
+  sidewire --config config.yaml                 run (the repository's config.yaml works as is)
+  sidewire --check --config config.yaml         validate: exit 0, or print every problem, exit 2
+  RUST_LOG=debug sidewire                       more logs (RUST_LOG=info,sidewire::access=debug: access lines)
+  sidewire --log-format json                    JSON log lines
+
+Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config and certificates.
+Exit codes: 0 clean shutdown, 1 startup failed (e.g. address in use), 2 invalid config.
+Admin listener (admin.listen, default 127.0.0.1:9090): POST /publish, GET /presence?channel=,
+GET /channels, GET /metrics, GET /healthz, GET /readyz.";
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.config.exists() {
+        eprintln!(
+            "no config file at {}: start with `sidewire --config path/to/config.yaml` (the repository's \
+             config.yaml runs as is; `sidewire --help` for more)",
+            cli.config.display()
+        );
+        return ExitCode::from(2);
+    }
     let config = match Config::load(&cli.config, &env) {
         Ok(c) => c,
         Err(e) => {

@@ -23,6 +23,11 @@ pub struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
 }
@@ -138,6 +143,9 @@ impl Metrics {
             "Resumes answered with a reset because their replay exceeded limits.replay_bytes",
             hub.replays_cut.clone(),
         );
+        let build = Family::<VersionLabel, Gauge>::default();
+        registry.register("build_info", "The running sidewire's version (always 1)", build.clone());
+        build.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
         let broker = BrokerStats::default();
         registry.register("broker_up", "1 while the broker can publish and deliver", broker.up.clone());
         registry.register(

@@ -77,6 +77,30 @@ impl From<ProxyError> for Rejection {
     }
 }
 
+/// Least time between two warnings about failing pass-through requests.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Warns that a pass-through request got a 502/504, naming the backend and the cause, at
+/// most once per [`FAILURE_LOG_EVERY`] (with how many were not logged since): a backend
+/// outage must be visible at the default level without flooding the log.
+fn backend_failed(proxy: &Proxy, e: &ProxyError) {
+    static LAST: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
+    if matches!(e, ProxyError::BadFraming(_)) {
+        return;
+    }
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    match &mut *last {
+        Some((at, quiet)) if now.duration_since(*at) < FAILURE_LOG_EVERY => *quiet += 1,
+        other => {
+            let suppressed = other.map_or(0, |(_, q)| q);
+            tracing::warn!(backend = %format_args!("http://{}{}", proxy.backend.origin, proxy.backend.base_path), error = %e, suppressed,
+                "pass-through request failed (502/504): is the app at backend.url up?");
+            *other = Some((now, 0));
+        }
+    }
+}
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
 /// RFC 2616 proxy-auth pair). `Trailer` is *not* here: hyper only sends the trailers a
 /// response declares in it.
@@ -314,7 +338,7 @@ pub async fn forward(
     parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
     let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-    let mut res = proxy.send(out, metrics).await?;
+    let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         return Ok(tunnel(shutdown, client_upgrade, &mut res));
     }

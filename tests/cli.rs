@@ -217,7 +217,18 @@ fn check_missing_file() {
     let out = check(&path, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read") && err.contains("absent.yaml"), "{err}");
+    assert!(err.contains("no config file") && err.contains("absent.yaml"), "{err}");
+    assert!(err.contains("--config"), "says how to start: {err}");
+}
+
+#[test]
+fn help_shows_examples_signals_and_exit_codes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidewire")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--check", "RUST_LOG", "SIGHUP", "Exit codes", "POST /publish", "/readyz"] {
+        assert!(text.contains(needle), "{needle:?} missing from --help:\n{text}");
+    }
 }
 
 #[test]
@@ -473,4 +484,22 @@ async fn a_second_process_on_a_served_address_refuses_to_start() {
     assert_eq!(res.status(), StatusCode::OK);
     first.signal("TERM");
     assert_eq!(first.wait_exit().await.code(), Some(0), "{}", first.log().join("\n"));
+}
+
+#[tokio::test]
+async fn a_pass_through_502_is_logged_at_the_default_level_with_the_backend() {
+    // A backend address nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let file = ConfigFile::new(&base_yaml(&format!("http://{dead}"), "60s"));
+    let mut sw = Sidewire::start(&file.path, &[]).await;
+    for _ in 0..3 {
+        let res = http().get(format!("http://{}/page", sw.public)).send().await.unwrap();
+        assert_eq!(res.status(), 502);
+    }
+    let line = sw.wait_line(|l| l.contains("pass-through request failed")).await;
+    assert!(line.contains(&dead.to_string()) && line.contains("WARN"), "{line}");
+    sw.signal("TERM");
+    assert_eq!(sw.wait_exit().await.code(), Some(0));
+    let warned = sw.log().iter().filter(|l| l.contains("pass-through request failed")).count();
+    assert_eq!(warned, 1, "one warning per burst");
 }
