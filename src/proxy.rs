@@ -40,6 +40,9 @@ pub struct Peer {
 pub enum ProxyError {
     #[error("ambiguous request framing: {0}")]
     BadFraming(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1: 501).
+    #[error("unsupported transfer coding: {0}")]
+    Unsupported(&'static str),
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
     #[error("backend idle for {0:?} without sending response headers")]
@@ -52,7 +55,7 @@ impl ProxyError {
     /// The metric label for `upstream_errors`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::BadFraming(_) => "bad_request",
+            Self::BadFraming(_) | Self::Unsupported(_) => "bad_request",
             Self::BackendUnreachable(_) => "connect",
             Self::BackendTimeout(_) => "timeout",
             Self::BackendFailed(_) => "failed",
@@ -64,6 +67,9 @@ impl From<ProxyError> for Rejection {
     fn from(e: ProxyError) -> Self {
         match e {
             ProxyError::BadFraming(why) => Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}")),
+            ProxyError::Unsupported(why) => {
+                Rejection::plain(StatusCode::NOT_IMPLEMENTED, format!("Not Implemented: {why}"))
+            }
             ProxyError::BackendTimeout(_) => {
                 Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
             }
@@ -313,7 +319,8 @@ pub async fn forward(
     peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
-    check_framing(req.headers()).inspect_err(|e| metrics.upstream_error(e.kind()))?;
+    // The client's mistakes: answered here, never sent on, not counted as backend failures.
+    check_framing(req.version(), req.uri(), req.headers())?;
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -353,7 +360,24 @@ pub async fn forward(
 /// hyper's HTTP/1 parser settles both before we see them (equal lengths merged,
 /// differing ones a 400, Transfer-Encoding wins and the connection closes), so this
 /// mostly guards HTTP/2, where h2 checks only the first `content-length`.
-pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+pub fn check_framing(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadFraming("more than one Host"));
+    }
+    if version == Version::HTTP_11 && hosts == 0 {
+        return Err(ProxyError::BadFraming("an HTTP/1.1 request needs a Host header"));
+    }
+    if version == Version::HTTP_2
+        && let (Some(host), Some(authority)) = (headers.get(header::HOST), uri.authority())
+        && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadFraming("Host differs from :authority"));
+    }
+    let codings = headers.get_all(header::TRANSFER_ENCODING).iter().filter_map(|v| v.to_str().ok());
+    if codings.flat_map(|v| v.split(',')).any(|c| !c.trim().eq_ignore_ascii_case("chunked")) {
+        return Err(ProxyError::Unsupported("only the chunked transfer coding is supported"));
+    }
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
         return Err(ProxyError::BadFraming("more than one Content-Length"));
@@ -518,14 +542,25 @@ mod tests {
 
     #[test]
     fn framing() {
-        let mut h = HeaderMap::new();
-        h.append("content-length", "5".parse().unwrap());
-        assert!(check_framing(&h).is_ok());
-        h.append("content-length", "5".parse().unwrap());
-        assert!(check_framing(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.append("content-length", "5".parse().unwrap());
-        h.append("transfer-encoding", "chunked".parse().unwrap());
-        assert!(check_framing(&h).is_err());
+        let check = |v: Version, uri: &str, pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, val) in pairs {
+                h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), val.parse().unwrap());
+            }
+            check_framing(v, &uri.parse().unwrap(), &h)
+        };
+        let v11 = Version::HTTP_11;
+        assert!(check(v11, "/", &[("host", "a"), ("content-length", "5")]).is_ok());
+        assert!(check(v11, "/", &[("host", "a"), ("content-length", "5"), ("content-length", "5")]).is_err());
+        assert!(check(v11, "/", &[("host", "a"), ("content-length", "5"), ("transfer-encoding", "chunked")]).is_err());
+        assert!(check(v11, "/", &[("host", "a"), ("host", "b")]).is_err());
+        assert!(check(v11, "/", &[]).is_err(), "HTTP/1.1 without Host");
+        assert!(check(Version::HTTP_10, "/", &[]).is_ok());
+        assert!(matches!(
+            check(v11, "/", &[("host", "a"), ("transfer-encoding", "gzip, chunked")]),
+            Err(ProxyError::Unsupported(_))
+        ));
+        assert!(check(Version::HTTP_2, "http://a/", &[("host", "b")]).is_err());
+        assert!(check(Version::HTTP_2, "http://a/", &[("host", "A")]).is_ok());
     }
 }

@@ -96,7 +96,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         "X-Hop-A: 1\r\n",
         "X-Hop-B: 2\r\n",
         "X-End-To-End: kept\r\n",
-        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\n",
         "\r\n",
         "5\r\nhello\r\n0\r\n\r\n",
     ))
@@ -688,5 +688,30 @@ async fn backend_not_reading_an_upload_is_504() {
     let body = stream::repeated(Bytes::from(vec![b'z'; 64 * 1024]), 16 * 1024);
     let res = send(http().post(server.url("/upload")).body(body)).await;
     assert_plain_error(res, 504).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ambiguous_hosts_and_unknown_codings_are_refused_not_forwarded() {
+    let backend = FakeBackend::echo().await;
+    let server = TestServer::start(&backend_yaml(&backend)).await;
+    let cases: [(&str, u16); 3] = [
+        ("GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n", 400),
+        ("GET /none HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        ("POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n", 501),
+    ];
+    for (request, status) in cases {
+        let mut conn = RawConn::connect(server.public).await;
+        conn.send(request).await;
+        let head = conn.read_head().await;
+        assert_eq!(status_of(&head), status, "{request:?} -> {head}");
+    }
+    assert!(backend.recorded().is_empty(), "nothing reached the backend: {:?}", backend.recorded());
+    let text = support::realtime::metrics(&server).await;
+    let backend_errors: f64 = ["connect", "timeout", "failed"]
+        .iter()
+        .map(|k| support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{kind=\"{k}\"}}")))
+        .sum();
+    assert_eq!(backend_errors, 0.0, "client mistakes are not backend failures");
     server.stop().await;
 }
