@@ -336,8 +336,9 @@ async fn client_publish_reaches_every_subscriber() {
     let published = published.unwrap();
     let id = published["id"].as_str().expect("a stored message has an id");
     assert_eq!(published, json!({ "type": "published", "channel": "room:pub", "id": id, "ref": 1 }));
+    // A client publish carries its sender: null for an anonymous client (SPEC §3).
     let want = json!({ "type": "message", "channel": "room:pub", "id": id, "event": "chat",
-                       "data": { "text": "hi" } });
+                       "data": { "text": "hi" }, "user": null });
     assert_eq!(own.unwrap(), want);
     assert_eq!(bob.next_json().await, want);
     // A client-published message is stored like any other: a late joiner resumes it.
@@ -392,7 +393,9 @@ async fn ephemeral_events_are_live_only() {
     let published = alice.expect("published").await;
     assert!(published["id"].is_null(), "an ephemeral event has no id: {published}");
     let typing = bob.next_json().await;
-    assert_eq!(typing, json!({ "type": "message", "channel": "room:eph", "event": "typing", "data": { "user": "a" } }));
+    let want =
+        json!({ "type": "message", "channel": "room:eph", "event": "typing", "data": { "user": "a" }, "user": null });
+    assert_eq!(typing, want);
     let last = publisher.publish("room:eph", None, "2").await;
     assert_eq!(bob.expect("message").await["id"], last.as_str());
 
