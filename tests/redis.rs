@@ -185,6 +185,45 @@ async fn a_cursor_from_one_instance_resumes_on_another() {
 }
 
 #[tokio::test]
+async fn a_multi_channel_stream_cursor_resumes_on_another_instance() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (start(&redis).await, start(&redis).await);
+    publish(&a, "room:x", json!("x0")).await;
+    publish(&a, "room:y", json!("y0")).await;
+    // A long-poll on A gives a cursor covering both channels.
+    let url = a.url("/poll?channel=room:x&channel=room:y&timeout=0");
+    let start: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    let cursor = start["cursor"].as_str().unwrap().to_owned();
+    let y1 = publish(&b, "room:y", json!("y1")).await;
+    let x1 = publish(&a, "room:x", json!("x1")).await;
+    // Resumed on B, by long-poll and by SSE: exactly what was missed, nothing before.
+    let url = b.url(&format!("/poll?channel=room:x&channel=room:y&since={cursor}&timeout=0"));
+    let poll: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    let mut got: Vec<&str> = poll["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    got.sort_unstable();
+    let mut want = vec![x1.as_str(), y1.as_str()];
+    want.sort_unstable();
+    assert_eq!(got, want, "{poll}");
+    assert!(poll.get("reset").is_none());
+    let res = http()
+        .get(b.url("/events?channel=room:x&channel=room:y"))
+        .header("last-event-id", cursor.as_str())
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    while !(text.contains("data: x1\n") && text.contains("data: y1\n")) {
+        use futures_util::StreamExt;
+        let chunk = within("SSE replay", body.next()).await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(!text.contains("x0") && !text.contains("y0") && !text.contains("event: reset"), "{text}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn idempotency_keys_hold_across_instances() {
     let redis = RedisServer::start().await;
     let (a, b) = (start(&redis).await, start(&redis).await);
