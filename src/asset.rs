@@ -1,5 +1,6 @@
-//! Files sidewire serves itself under the reserved `prefix` (SPEC §8): today only
-//! `client.js`, the browser client in `src/assets/client.js`.
+//! Files sidewire serves itself under the reserved `prefix` (SPEC §8): `client.js`, the
+//! browser client in `src/assets/client.js`, and `client.d.ts`, its TypeScript
+//! declarations in `src/assets/client.d.ts`.
 //!
 //! Owns: the embedded bytes, their strong `ETag` (SHA-256, computed once) and the
 //! caching headers; `If-None-Match` answers 304. Does not: touch the backend, read
@@ -14,6 +15,8 @@ use crate::respond::{Body, Rejection, empty, full};
 
 /// The browser client, embedded so the binary is all there is to deploy.
 const CLIENT_JS: &str = include_str!("assets/client.js");
+/// Its TypeScript declarations, for apps to save next to their sources.
+const CLIENT_DTS: &str = include_str!("assets/client.d.ts");
 
 /// Short enough that a new release reaches browsers within minutes; the `ETag` makes a
 /// revalidation a 304 without the body.
@@ -37,11 +40,15 @@ impl Asset {
 }
 
 static CLIENT: LazyLock<Asset> = LazyLock::new(|| Asset::new(CLIENT_JS, "application/javascript; charset=utf-8"));
+/// `application/typescript`: what the file is (the de-facto type, as Deno and CDNs serve
+/// `.ts`), so tools can tell it from text; browsers do not run it either way.
+static TYPES: LazyLock<Asset> = LazyLock::new(|| Asset::new(CLIENT_DTS, "application/typescript; charset=utf-8"));
 
 /// Serves `rest`, the path after the prefix.
 pub fn serve<B>(rest: &str, req: &Request<B>) -> Result<Response<Body>, Rejection> {
     let asset: &Asset = match rest {
         "/client.js" => &CLIENT,
+        "/client.d.ts" => &TYPES,
         _ => return Err(Rejection::not_found()),
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -111,10 +118,26 @@ mod tests {
     }
 
     #[test]
-    fn only_client_js_and_only_get_or_head() {
+    fn client_d_ts_has_its_own_type_and_tag() {
+        let res = serve("/client.d.ts", &get(&[])).unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/typescript; charset=utf-8");
+        assert_eq!(res.headers()[header::CONTENT_LENGTH], CLIENT_DTS.len().to_string().as_str());
+        let etag = res.headers()[header::ETAG].clone();
+        assert_ne!(etag, CLIENT.etag, "each file has its own tag");
+        let again = serve("/client.d.ts", &get(&[("if-none-match", etag.to_str().unwrap())])).unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        let other = serve("/client.d.ts", &get(&[("if-none-match", CLIENT.etag.to_str().unwrap())])).unwrap();
+        assert_eq!(other.status(), StatusCode::OK, "client.js's tag does not validate client.d.ts");
+    }
+
+    #[test]
+    fn only_the_client_files_and_only_get_or_head() {
         assert_eq!(serve("/other.js", &get(&[])).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(serve("/client.ts", &get(&[])).unwrap_err().status, StatusCode::NOT_FOUND);
         assert_eq!(serve("", &get(&[])).unwrap_err().status, StatusCode::NOT_FOUND);
         let post = Request::post("/_sidewire/client.js").body(()).unwrap();
         assert_eq!(serve("/client.js", &post).unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(serve("/client.d.ts", &post).unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
     }
 }

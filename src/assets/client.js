@@ -1,9 +1,16 @@
 /*! sidewire browser client, served by sidewire at {prefix}/client.js (default /_sidewire/client.js).
  *
  *   const client = new Sidewire.Client({ url: "/ws", sse: "/events", poll: "/poll" });
- *   const off = client.subscribe("room:1", (msg) => console.log(msg.channel, msg.id, msg.event, msg.data));
+ *   const off = client.subscribe("room:1", (msg) => console.log(msg.channel, msg.id, msg.event, msg.data, msg.user), {
+ *     echo: false,                                              // not my own publishes
+ *     presence: ({ members }) => show(members),                 // [{user, connections, info}]
+ *   });
+ *   client.on("welcome", ({ user, connection }) => whoami(user)); // also client.user, client.connection
  *   client.on("reset", ({ channels }) => refetch(channels));   // history could not fill a gap
  *   await client.publish("room:1", { text: "hi" }, "chat");     // WebSocket only
+ *   const members = await client.presence("room:1");           // asks the server (WebSocket)
+ *
+ * Types: {prefix}/client.d.ts.
  *
  * WebSocket first; it reconnects with exponential backoff and full jitter and resumes
  * every channel from the last id it saw. When WebSocket is blocked it falls back to SSE
@@ -27,7 +34,8 @@
   // An SSE response whose first bytes never come is being buffered by a proxy.
   const SSE_HEAD_MS = 10000;
   const POLL_TIMEOUT = "25s";
-  const PUBLISH_TIMEOUT_MS = 10000;
+  // Longest a publish or presence request waits for its reply.
+  const REQUEST_TIMEOUT_MS = 10000;
   // Close codes after which retrying cannot help (SPEC §4): stop and tell the app.
   const FATAL = { 4001: "auth_required", 4002: "invalid_token", 4003: "forbidden" };
   const TRANSPORTS = ["websocket", "sse", "longpoll"];
@@ -39,6 +47,11 @@
   function parseCursor(text) {
     const parts = String(text).split(".");
     return { epoch: parts[0], seqs: parts.slice(1).map(Number) };
+  }
+
+  // `{user, connections, info}` of a presence list entry, as a fresh object.
+  function member(m) {
+    return { user: m.user, connections: m.connections, info: m.info === undefined ? null : m.info };
   }
 
   // Calls an application callback; its exception must not break the connection loop,
@@ -57,10 +70,16 @@
     constructor(options) {
       const o = Object.assign({ url: "/ws", sse: "/events", poll: "/poll", tokenParam: "token" }, options);
       this._opts = o;
-      this._subs = new Map(); // channel -> { handlers: Set, pos: {epoch, seq} | null, live: bool }
+      // channel -> { handlers: Set of {handler, echo, presence}, pos: {epoch, seq} | null,
+      //              live: bool, members: Map user -> {user, connections, info} | null (unknown) }
+      this._subs = new Map();
       this._listeners = {};
       this._latest = null; // newest position seen on any channel: {epoch, seq}
-      this._pending = new Map(); // publish ref -> { frame, resolve, reject, timer, sent }
+      // publish / presence ref -> { frame, resolve, reject, timer, sent, local? }; `local`
+      // (presence) answers from the tracked list when the WebSocket is given up.
+      this._pending = new Map();
+      this._user = null; // from the last `welcome`
+      this._connection = null; // from the `welcome` of the open WebSocket
       this._nextRef = 1;
       this._gen = 0; // bumped whenever a connection is abandoned; stale callbacks check it
       this._attempt = 0;
@@ -92,21 +111,72 @@
       return this._state;
     }
 
-    /** Calls `handler({channel, id, event, data})` for every message; returns the unsubscribe function. */
-    subscribe(channel, handler) {
+    /** The user sidewire knows this client as (null: anonymous), from the WebSocket's
+     *  `welcome`; null until the first one, then kept while reconnecting. */
+    get user() {
+      return this._user;
+    }
+
+    /** The id of the open WebSocket connection (from `welcome`); null while there is none. */
+    get connection() {
+      return this._connection;
+    }
+
+    /** Calls `handler({channel, id, event, data, user?})` for every message (`user`: the
+     *  sender of a client-published message, null when anonymous; absent on backend
+     *  publishes). Options: `echo: false` (not this connection's own publishes),
+     *  `presence({channel, members, change})` (the channel's member list changed).
+     *  Returns the unsubscribe function. */
+    subscribe(channel, handler, options) {
+      if (typeof handler !== "function") throw new TypeError("sidewire: subscribe needs a handler function");
+      const o = options || {};
+      // A wrapper, so the same function may be added twice.
+      const entry = { handler, echo: o.echo !== false, presence: typeof o.presence === "function" ? o.presence : null };
       let sub = this._subs.get(channel);
       if (!sub) {
-        sub = { handlers: new Set(), pos: null, live: false };
+        sub = { handlers: new Set([entry]), pos: null, live: false, members: null };
         this._subs.set(channel, sub);
         this._channelsChanged(channel, true);
+      } else {
+        const echo = echoOf(sub);
+        sub.handlers.add(entry);
+        if (echoOf(sub) !== echo) this._echoChanged(channel);
+        if (entry.presence && sub.members) {
+          // Already known: this subscription hears the list once, as it would on subscribing.
+          setTimeout(() => {
+            if (sub.handlers.has(entry) && sub.members) {
+              safely(entry.presence, { channel, members: this._memberList(sub), change: { type: "sync" } });
+            }
+          });
+        }
       }
-      const entry = { handler }; // a wrapper, so the same function may be added twice
-      sub.handlers.add(entry);
       return () => {
-        if (!sub.handlers.delete(entry) || sub.handlers.size > 0 || this._subs.get(channel) !== sub) return;
-        this._subs.delete(channel);
-        this._channelsChanged(channel, false);
+        const echo = echoOf(sub);
+        if (!sub.handlers.delete(entry) || this._subs.get(channel) !== sub) return;
+        if (sub.handlers.size === 0) {
+          this._subs.delete(channel);
+          this._channelsChanged(channel, false);
+        } else if (echoOf(sub) !== echo) {
+          this._echoChanged(channel);
+        }
       };
+    }
+
+    /** The tracked members of a presence channel this client subscribes to,
+     *  `[{user, connections, info}]` sorted by user; empty while unknown. */
+    members(channel) {
+      const sub = this._subs.get(channel);
+      return sub && sub.members ? this._memberList(sub) : [];
+    }
+
+    /** Asks the server for the members of a presence channel: resolves with
+     *  `[{user, connections, info}]`. Over SSE / long-poll (no requests there) it resolves
+     *  with the tracked list, `members(channel)`. */
+    presence(channel) {
+      if (this._closed) return Promise.reject(new Error("sidewire: client closed"));
+      const local = () => this.members(channel);
+      if (this._transport !== "websocket") return Promise.resolve(local());
+      return this._request({ type: "presence", channel }, local);
     }
 
     /** Publishes over the WebSocket; resolves with the `published` reply `{channel, id}`. */
@@ -115,20 +185,14 @@
       if (this._transport !== "websocket") {
         return Promise.reject(new Error("sidewire: publish needs the WebSocket transport (now " + this._transport + ")"));
       }
-      return new Promise((resolve, reject) => {
-        const ref = this._nextRef++;
-        const frame = { type: "publish", channel, data: data === undefined ? null : data, ref };
-        if (event !== undefined) frame.event = event;
-        const timer = setTimeout(() => this._settle(ref, new Error("sidewire: publish timed out")), PUBLISH_TIMEOUT_MS);
-        const p = { frame, resolve, reject, timer, sent: false };
-        this._pending.set(ref, p);
-        // Not connected yet: sent after the next `welcome`.
-        if (this._welcomed) p.sent = this._send(frame);
-      });
+      const frame = { type: "publish", channel, data: data === undefined ? null : data };
+      if (event !== undefined) frame.event = event;
+      return this._request(frame);
     }
 
-    /** Events: "state" {state, transport}, "subscribed" {channel}, "reset" {channels},
-     *  "error" {code, message}, "join"/"leave" {channel, user}. Returns the remover. */
+    /** Events: "state" {state, transport}, "welcome" {user, connection}, "subscribed"
+     *  {channel}, "reset" {channels}, "error" {code, message}, "join" {channel, user, info},
+     *  "leave" {channel, user}, "presence" {channel, members, change}. Returns the remover. */
     on(event, fn) {
       (this._listeners[event] = this._listeners[event] || new Set()).add(fn);
       return () => this._listeners[event].delete(fn);
@@ -146,6 +210,21 @@
 
     _emit(event, arg) {
       for (const fn of this._listeners[event] || []) safely(fn, arg);
+    }
+
+    // Sends a WebSocket request with a fresh `ref`; resolves with its reply. Unsent until
+    // the next `welcome`. `local`: an idempotent query (presence), sent again after a
+    // reconnect and answered by `local()` if the WebSocket is given up; anything else
+    // (publish) sent on a connection that is lost has an unknown outcome and is rejected.
+    _request(fields, local) {
+      return new Promise((resolve, reject) => {
+        const ref = this._nextRef++;
+        const frame = Object.assign({}, fields, { ref });
+        const timer = setTimeout(() => this._settle(ref, new Error("sidewire: " + fields.type + " timed out")), REQUEST_TIMEOUT_MS);
+        const p = { frame, resolve, reject, timer, sent: false, local };
+        this._pending.set(ref, p);
+        if (this._welcomed) p.sent = this._send(frame);
+      });
     }
 
     _setState(state) {
@@ -171,6 +250,7 @@
       clearTimeout(this._timer);
       this._waiting = false;
       this._welcomed = false;
+      this._connection = null;
       if (this._ws) {
         this._ws.onclose = this._ws.onmessage = null;
         this._ws.close(1000);
@@ -207,6 +287,8 @@
       if (!next) return this._reconnect(false); // nothing left: keep retrying the last one
       this._transport = next;
       this._attempt = 0;
+      // Presence queries get the tracked list; publishes cannot go anywhere now.
+      for (const [ref, p] of Array.from(this._pending)) if (p.local) this._settle(ref, null, p.local());
       this._rejectAll(new Error("sidewire: fell back to " + next + "; publish needs the WebSocket"));
       this._connect();
     }
@@ -237,7 +319,7 @@
       if (this._closed) return;
       if (this._transport === "websocket") {
         if (!this._welcomed) return; // the next welcome subscribes everything
-        if (added) this._send({ type: "subscribe", channel, ref: channel });
+        if (added) this._send(this._subscribeFrame(channel));
         else this._send({ type: "unsubscribe", channel });
         return;
       }
@@ -248,6 +330,20 @@
         // While a retry is pending, that retry will use the new list.
         if (!this._closed && !this._waiting) this._connect();
       });
+    }
+
+    // `subscribe` for a channel we hold: resume point and echo (SPEC §4).
+    _subscribeFrame(channel) {
+      const frame = { type: "subscribe", channel, since: this._since(channel), ref: channel };
+      if (!echoOf(this._subs.get(channel))) frame.echo = false;
+      return frame;
+    }
+
+    // The subscriptions of a channel now want echo differently: subscribing again changes
+    // the connection's echo setting and replays nothing (SPEC §4). Other transports cannot
+    // publish, so echo means nothing there.
+    _echoChanged(channel) {
+      if (this._transport === "websocket" && this._welcomed && !this._closed) this._send(this._subscribeFrame(channel));
     }
 
     // Records that `channel` reached `{epoch, seq}`; `false` when that is not new (a duplicate).
@@ -298,8 +394,9 @@
       return moved;
     }
 
-    // Hands `{channel, id, event, data}` to the channel's handlers, once per id.
-    _deliver(channel, id, event, data) {
+    // Hands `{channel, id, event, data, user?}` to the channel's handlers, once per id.
+    // `user` (the sender of a client publish) is set only when the server sent one.
+    _deliver(channel, id, event, data, user) {
       const sub = this._subs.get(channel);
       if (!sub) return;
       if (id !== undefined) {
@@ -307,7 +404,66 @@
         if (!this._advance(channel, epoch, seqs[0])) return; // already delivered
       }
       const msg = { channel, id, event, data };
+      if (user !== undefined) msg.user = user;
       for (const entry of Array.from(sub.handlers)) safely(entry.handler, msg);
+    }
+
+    // ------------------------------------------------------------ presence
+    // WebSocket: `subscribed.presence` (and each `presence` reply) is a snapshot taken
+    // after the connection joined the channel; every `join`/`leave` after it arrives
+    // after it on the same socket, so "replace, then apply events in order" converges.
+    // SSE / long-poll have no snapshot: the list is built from the join/leave events seen.
+
+    _memberList(sub) {
+      return Array.from(sub.members.values())
+        .sort((a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0))
+        .map(member);
+    }
+
+    // Replaces the tracked list of `channel` with a server snapshot.
+    _presenceSnapshot(channel, users) {
+      const sub = this._subs.get(channel);
+      if (!sub || !Array.isArray(users)) return;
+      const before = sub.members && JSON.stringify(this._memberList(sub));
+      sub.members = new Map(users.map((m) => [m.user, member(m)]));
+      // Told once when the list first becomes known, then only on a change.
+      if (before === null || before !== JSON.stringify(this._memberList(sub))) {
+        this._presenceChanged(channel, sub, { type: "sync" });
+      }
+    }
+
+    // `join {channel, user, info}` / `leave {channel, user}` from any transport.
+    _presenceEvent(type, body) {
+      if (!body || typeof body !== "object") return;
+      const { channel, user } = body;
+      const sub = this._subs.get(channel);
+      if (sub && typeof user === "string") {
+        if (!sub.members) sub.members = new Map();
+        const had = sub.members.get(user);
+        if (type === "join") {
+          const info = body.info === undefined ? null : body.info;
+          // A user already listed (our own join after the snapshot, another tab) keeps
+          // its count; joins are once per user, so a new one has at least one connection.
+          if (!had || JSON.stringify(had.info) !== JSON.stringify(info)) {
+            sub.members.set(user, { user, connections: had ? had.connections : 1, info });
+            this._presenceChanged(channel, sub, { type, user, info });
+          }
+        } else if (had) {
+          sub.members.delete(user);
+          this._presenceChanged(channel, sub, { type, user });
+        }
+      }
+      const event = { channel, user };
+      if (type === "join") event.info = body.info === undefined ? null : body.info;
+      this._emit(type, event);
+    }
+
+    _presenceChanged(channel, sub, change) {
+      const event = { channel, members: this._memberList(sub), change };
+      for (const entry of Array.from(sub.handlers)) {
+        if (entry.presence) safely(entry.presence, { channel, members: this._memberList(sub), change });
+      }
+      this._emit("presence", event);
     }
 
     _subscribed(channel) {
@@ -357,9 +513,13 @@
         const welcomed = this._welcomed;
         this._ws = null;
         this._welcomed = false;
+        this._connection = null;
         // A publish sent on this connection has an unknown outcome: the caller decides
-        // whether to retry. Unsent ones wait for the next `welcome`.
-        for (const [ref, p] of this._pending) if (p.sent) this._settle(ref, new Error("sidewire: connection lost"));
+        // whether to retry. Unsent ones, and queries, wait for the next `welcome`.
+        for (const [ref, p] of Array.from(this._pending)) {
+          if (p.sent && p.local) p.sent = false;
+          else if (p.sent) this._settle(ref, new Error("sidewire: connection lost"));
+        }
         if (FATAL[ev.code]) return this._fail(FATAL[ev.code], ev.reason || "closed " + ev.code);
         if (!welcomed) return this._handshakeFailed();
         this._reconnect(ev.code === 1001 || ev.code === 1012);
@@ -371,11 +531,14 @@
         case "welcome":
           this._welcomed = true;
           this._wsBlocked = 0;
-          this._opened();
-          for (const channel of this._subs.keys()) {
-            this._send({ type: "subscribe", channel, since: this._since(channel), ref: channel });
-          }
+          this._user = frame.user === undefined ? null : frame.user;
+          this._connection = frame.connection === undefined ? null : frame.connection;
+          // Subscriptions and queued requests first, in order, then the app hears of it
+          // (a listener that publishes queues behind them).
+          for (const channel of this._subs.keys()) this._send(this._subscribeFrame(channel));
           for (const p of this._pending.values()) if (!p.sent) p.sent = this._send(p.frame);
+          this._opened();
+          if (this._welcomed) this._emit("welcome", { user: this._user, connection: this._connection, transport: "websocket" });
           break;
         case "subscribed":
           if (frame.recovered !== false && typeof frame.cursor === "string") {
@@ -389,14 +552,19 @@
             if (sub) sub.pos = null; // that position is gone; count from what arrives next
             this._reset([frame.channel]);
           }
+          if (frame.presence) this._presenceSnapshot(frame.channel, frame.presence);
           this._subscribed(frame.channel);
           break;
         case "message":
-          this._deliver(frame.channel, frame.id, frame.event, frame.data);
+          this._deliver(frame.channel, frame.id, frame.event, frame.data, frame.user);
           break;
         case "join":
         case "leave":
-          this._emit(frame.type, { channel: frame.channel, user: frame.user });
+          this._presenceEvent(frame.type, frame);
+          break;
+        case "presence":
+          this._presenceSnapshot(frame.channel, frame.users);
+          this._settle(frame.ref, null, Array.isArray(frame.users) ? frame.users.map(member) : []);
           break;
         case "published":
           this._settle(frame.ref, null, { channel: frame.channel, id: frame.id, reply: frame.reply });
@@ -411,7 +579,7 @@
             this._emit("error", { code: frame.code, message: frame.message, channel, transport: "websocket" });
           }
           break;
-        default: // unsubscribed, pong, presence: nothing to do
+        default: // unsubscribed, pong: nothing to do
       }
     }
 
@@ -514,7 +682,9 @@
       const event = block.event;
       if (event === "reset") return this._reset(parseData(block.data).channels || []);
       // Presence: no id, and the data names the channel (README, "Behaviour").
-      if ((event === "join" || event === "leave") && block.id === undefined) return this._emit(event, parseData(block.data));
+      if ((event === "join" || event === "leave") && block.id === undefined) {
+        return this._presenceEvent(event, parseData(block.data));
+      }
       let channel;
       if (block.id !== undefined) {
         if (moved < 0) return; // a position we had already passed: a duplicate
@@ -564,8 +734,8 @@
         }
         if (body.reset) this._reset(body.reset);
         for (const m of body.messages || []) {
-          if ((m.event === "join" || m.event === "leave") && m.id === undefined) this._emit(m.event, m.data);
-          else this._deliver(m.channel, m.id, m.event, m.data);
+          if ((m.event === "join" || m.event === "leave") && m.id === undefined) this._presenceEvent(m.event, m.data);
+          else this._deliver(m.channel, m.id, m.event, m.data, m.user);
         }
         this._applyCursor(channels, body.cursor); // after the messages, or they look like duplicates
         // Draining server: come back after the delay it chose for this client.
@@ -576,6 +746,13 @@
         }
       }
     }
+  }
+
+  // Whether the connection should get its own publishes on a channel: echo is one setting
+  // per channel on the server, so it is off only when every subscription there says so.
+  function echoOf(sub) {
+    for (const entry of sub.handlers) if (entry.echo) return true;
+    return false;
   }
 
   // SSE `data:` is compact JSON, except that a JSON string is sent as its raw text:
