@@ -1,7 +1,8 @@
-//! `GET {prefix}/client.js` (SPEC §8): the HTTP contract (headers, ETag, HEAD, 404s
-//! under the prefix) and the client itself, run in headless Chromium against a real
-//! sidewire: WebSocket delivery and publish, resume after a cut, and the SSE and
-//! long-poll fallbacks.
+//! `GET {prefix}/client.js` and `{prefix}/client.d.ts` (SPEC §8): the HTTP contract
+//! (headers, ETag, HEAD, 404s under the prefix) and the client itself, run in headless
+//! Chromium against a real sidewire: WebSocket delivery and publish, resume after a cut,
+//! the SSE and long-poll fallbacks, and rooms (user and connection, presence, echo, the
+//! sender of a message) with two browsers signed in as two users.
 //!
 //! The browser tests need Debian's `chromium` (`apt-get install -y chromium`); without
 //! it they fail saying so. They run one at a time ([`browser::ONE_BROWSER`]).
@@ -17,6 +18,7 @@ use support::realtime::{publish_ok, yaml};
 use support::{FakeBackend, TestServer, http};
 
 const CLIENT_JS: &str = include_str!("../src/assets/client.js");
+const CLIENT_DTS: &str = include_str!("../src/assets/client.d.ts");
 
 async fn server_for(backend: &FakeBackend, extra: &str) -> TestServer {
     TestServer::start(&format!("{}backend: {{ url: \"{}\" }}\n", yaml(extra), backend.url())).await
@@ -79,12 +81,54 @@ async fn head_has_the_headers_and_no_body() {
 }
 
 #[tokio::test]
+async fn client_d_ts_is_served_like_client_js() {
+    let backend = FakeBackend::echo().await;
+    let server = server_for(&backend, "").await;
+    let client = http();
+    let url = server.url("/_sidewire/client.d.ts");
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h["content-type"], "application/typescript; charset=utf-8");
+    assert_eq!(h["cache-control"], "public, max-age=300");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() > 10, "strong etag, got {etag}");
+    assert_eq!(res.text().await.unwrap(), CLIENT_DTS);
+    let js = client.head(server.url("/_sidewire/client.js")).send().await.unwrap();
+    assert_ne!(js.headers()["etag"], etag.as_str(), "each file has its own tag");
+
+    let again = client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/typescript; charset=utf-8");
+    assert_eq!(head.headers()["content-length"], CLIENT_DTS.len().to_string().as_str());
+    assert_eq!(head.headers()["etag"], etag.as_str());
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let post = client.post(&url).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    assert!(backend.recorded().is_empty(), "client.d.ts must not reach the backend");
+}
+
+#[tokio::test]
 async fn other_paths_under_the_prefix_are_404_json() {
     let backend = FakeBackend::echo().await;
     let server = server_for(&backend, "").await;
     let client = http();
-    for path in ["/_sidewire", "/_sidewire/", "/_sidewire/other.js", "/_sidewire/client.js/x", "/_sidewire/client.jsx"]
-    {
+    for path in [
+        "/_sidewire",
+        "/_sidewire/",
+        "/_sidewire/other.js",
+        "/_sidewire/client.js/x",
+        "/_sidewire/client.jsx",
+        "/_sidewire/client.ts",
+        "/_sidewire/client.d.ts/x",
+    ] {
         let res = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
         let body: Value = res.json().await.unwrap();
@@ -292,4 +336,182 @@ async fn an_authentication_close_stops_the_client() {
     assert_eq!(error["code"], "auth_required", "{}", page.failure("error code"));
     assert_eq!(error["transport"], "websocket");
     page.until("state closed", |r| r["kind"] == "state" && r["state"] == "closed").await;
+}
+
+// ---------------------------------------------------------------- rooms
+
+/// Signed-in users (the fake app's auth, [`browser::app_for`]) on presence channels
+/// `room:*` where clients publish, each with a control channel `ctl:<user>`.
+fn rooms_yaml(backend: &FakeBackend, extra: &str) -> String {
+    format!(
+        "backend: {{ url: \"{}\" }}\n\
+         channels:\n  - {{ match: \"room:*\", presence: true, client_publish: broadcast }}\n  - {{ match: \"ctl:*\" }}\n\
+         {extra}\n",
+        backend.url()
+    )
+}
+
+/// A member as the client lists it: `info` is what the app's auth answered.
+fn member(user: &str, connections: u32) -> Value {
+    json!({ "user": user, "connections": connections, "info": { "name": browser::display_name(user) } })
+}
+
+/// Has `user`'s page run `command` (published on its control channel).
+async fn command(server: &TestServer, user: &str, command: Value) {
+    publish_ok(&http(), server, &format!("ctl:{user}"), command).await;
+}
+
+fn is_presence(r: &Value, change: &str, user: Option<&str>) -> bool {
+    r["kind"] == "presence"
+        && r["channel"] == "room:1"
+        && r["change"]["type"] == change
+        && user.is_none_or(|u| r["change"]["user"] == u)
+}
+
+/// Waits for the page's presence callback to report `change` (of `user`), then checks
+/// the list it was given and what `client.members()` said at that moment.
+async fn until_presence(page: &mut Page, change: &str, user: Option<&str>, want: &[Value]) -> Value {
+    let what = format!("presence {change} {user:?}");
+    let report = page.until_seen(&what, |r| is_presence(r, change, user)).await;
+    assert_eq!(report["members"], json!(want), "{}", page.failure(&what));
+    assert_eq!(report["tracked"], json!(want), "{}", page.failure("client.members()"));
+    report
+}
+
+/// Two browsers signed in as alice (echo off) and bob on one presence channel: who each
+/// client is, the member list with display names through join and leave, a presence
+/// query, messages carrying their sender, and alice not getting her own.
+#[tokio::test]
+async fn rooms_over_websocket_user_presence_echo_and_sender() {
+    let _one = ONE_BROWSER.lock().await;
+    let (backend, mut queues) = browser::app_for(2).await;
+    let server = TestServer::start(&rooms_yaml(&backend, "")).await;
+    let (alice_q, bob_q) = (queues.remove(0), queues.remove(0));
+
+    let mut alice = Page::room(server.public, alice_q, 0, "alice", "room:1", "&echo=0");
+    alice.until_subscribed("websocket", &["room:1", "ctl:alice"]).await;
+    let created = alice.until_seen("created", |r| r["kind"] == "created").await;
+    assert_eq!((&created["me"], &created["conn"]), (&Value::Null, &Value::Null), "null before the welcome");
+    let welcome = alice.until_seen("welcome", |r| r["kind"] == "welcome").await;
+    assert_eq!(welcome["user"], "alice", "{}", alice.failure("welcome"));
+    let alice_conn = welcome["connection"].as_str().unwrap_or_default().to_owned();
+    assert!(!alice_conn.is_empty(), "{}", alice.failure("connection id"));
+    assert_eq!((&welcome["me"], &welcome["conn"]), (&json!("alice"), &json!(alice_conn)), "client.user/.connection");
+    until_presence(&mut alice, "sync", None, &[member("alice", 1)]).await;
+
+    let mut bob = Page::room(server.public, bob_q, 1, "bob", "room:1", "");
+    bob.until_subscribed("websocket", &["room:1", "ctl:bob"]).await;
+    let welcome = bob.until_seen("welcome", |r| r["kind"] == "welcome").await;
+    assert_eq!(welcome["me"], "bob");
+    assert!(welcome["conn"].is_string() && welcome["conn"] != json!(alice_conn), "{welcome}");
+    let both = [member("alice", 1), member("bob", 1)];
+    until_presence(&mut bob, "sync", None, &both).await;
+    let joined = until_presence(&mut alice, "join", Some("bob"), &both).await;
+    assert_eq!(joined["change"]["info"], json!({ "name": "Bob" }));
+    let join = alice.until_seen("alice's join event", |r| r["kind"] == "join" && r["user"] == "bob").await;
+    assert_eq!(join["info"], json!({ "name": "Bob" }), "the join event carries info");
+
+    // alice publishes: bob gets it with its sender; alice (echo: false) does not.
+    command(&server, "alice", json!({ "op": "publish", "event": "chat", "data": { "text": "hi bob" } })).await;
+    let from_alice = alice.until("alice's publish reply", |r| r["kind"] == "published").await;
+    let got = bob.messages(1).await;
+    assert_eq!(got[0]["id"], from_alice["id"], "{}", bob.failure("alice's message"));
+    assert_eq!((&got[0]["user"], &got[0]["event"]), (&json!("alice"), &json!("chat")));
+    assert_eq!(got[0]["data"], json!({ "text": "hi bob" }));
+
+    // bob answers after alice's message was published: per-channel order means alice's
+    // own would reach her before this one, so her first message being bob's shows echo off.
+    command(&server, "bob", json!({ "op": "publish", "data": "hi alice" })).await;
+    let from_bob = bob.until("bob's publish reply", |r| r["kind"] == "published").await;
+    let got = alice.messages(1).await;
+    assert_eq!((&got[0]["id"], &got[0]["user"]), (&from_bob["id"], &json!("bob")), "{}", alice.failure("echo"));
+    let own = bob.messages(1).await;
+    assert_eq!((&own[0]["id"], &own[0]["user"]), (&from_bob["id"], &json!("bob")), "echo is on by default");
+
+    // A backend publish has no sender.
+    let id = publish_ok(&http(), &server, "room:1", json!({ "n": 1 })).await;
+    for page in [&mut alice, &mut bob] {
+        let got = page.messages(1).await;
+        assert_eq!(got[0]["id"], id.as_str(), "{}", page.failure("backend message"));
+        assert!(got[0].get("user").is_none(), "{}", page.failure("a backend publish has no user"));
+    }
+    assert!(alice.received().iter().all(|m| m["user"] != "alice"), "{}", alice.failure("echo: false"));
+
+    command(&server, "alice", json!({ "op": "presence" })).await;
+    let reply = alice.until("presence reply", |r| r["kind"] == "presence_reply").await;
+    assert_eq!(reply["users"], json!(both), "{}", alice.failure("presence()"));
+
+    // bob's browser goes away: alice's list follows.
+    drop(bob);
+    until_presence(&mut alice, "leave", Some("bob"), &[member("alice", 1)]).await;
+    alice.until_seen("alice's leave event", |r| r["kind"] == "leave" && r["user"] == "bob").await;
+    assert!(alice.reports("error").is_empty(), "{}", alice.failure("client error"));
+}
+
+/// After a cut the client reconnects as the same user on a new connection (`connection`
+/// is null meanwhile) and subscribes again with `echo: false`.
+#[tokio::test]
+async fn rooms_echo_and_identity_survive_a_reconnect() {
+    let _one = ONE_BROWSER.lock().await;
+    let (backend, mut queues) = browser::app_for(1).await;
+    let server = TestServer::start(&rooms_yaml(&backend, "")).await;
+    let relay = Relay::start(server.public).await;
+    let extra = format!("&echo=0&report=http://{}", server.public);
+    let mut alice = Page::room(relay.addr, queues.remove(0), 0, "alice", "room:1", &extra);
+    alice.until_subscribed("websocket", &["room:1", "ctl:alice"]).await;
+    let first = alice.until_seen("welcome", |r| r["kind"] == "welcome").await;
+
+    assert!(relay.cut() >= 1, "the WebSocket goes through the relay");
+    let down =
+        alice.until("the client to notice the cut", |r| r["kind"] == "state" && r["state"] == "connecting").await;
+    assert_eq!((&down["me"], &down["conn"]), (&json!("alice"), &Value::Null), "user kept, no connection");
+    relay.heal();
+    let again = alice.until("a second welcome", |r| r["kind"] == "welcome").await;
+    assert_eq!(again["user"], "alice");
+    assert!(again["connection"].is_string() && again["connection"] != first["connection"], "{again} after {first}");
+    assert_eq!(again["conn"], again["connection"], "client.connection is set when welcome fires");
+    for channel in ["room:1", "ctl:alice"] {
+        alice
+            .until(&format!("subscribed to {channel} again"), |r| r["kind"] == "subscribed" && r["channel"] == channel)
+            .await;
+    }
+
+    command(&server, "alice", json!({ "op": "publish", "data": "mine" })).await;
+    alice.until("alice's publish reply", |r| r["kind"] == "published").await;
+    let id = publish_ok(&http(), &server, "room:1", json!({ "n": 1 })).await;
+    let got = alice.messages(1).await;
+    assert_eq!(got[0]["id"], id.as_str(), "{}", alice.failure("echo: false after the reconnect"));
+    assert!(alice.reports("error").is_empty() && alice.reports("reset").is_empty(), "{}", alice.failure("errors"));
+}
+
+/// On the SSE fallback there is no `welcome` and no snapshot: the member list comes
+/// from the stream's `join`/`leave` events, and `presence()` answers from it.
+#[tokio::test]
+async fn rooms_over_sse_track_presence_from_join_and_leave() {
+    let _one = ONE_BROWSER.lock().await;
+    let (backend, mut queues) = browser::app_for(2).await;
+    let server = TestServer::start(&rooms_yaml(&backend, NO_WEBSOCKET)).await;
+    let (alice_q, bob_q) = (queues.remove(0), queues.remove(0));
+
+    let mut alice = Page::room(server.public, alice_q, 0, "alice", "room:1", "");
+    // One stream, its channels in sorted order.
+    alice.until_subscribed("sse", &["ctl:alice", "room:1"]).await;
+    until_presence(&mut alice, "join", Some("alice"), &[member("alice", 1)]).await;
+
+    let mut bob = Page::room(server.public, bob_q, 1, "bob", "room:1", "");
+    bob.until_subscribed("sse", &["ctl:bob", "room:1"]).await;
+    // bob only knows who joins after his stream opened (no snapshot on SSE).
+    until_presence(&mut bob, "join", Some("bob"), &[member("bob", 1)]).await;
+    let both = [member("alice", 1), member("bob", 1)];
+    until_presence(&mut alice, "join", Some("bob"), &both).await;
+
+    command(&server, "alice", json!({ "op": "presence" })).await;
+    let reply = alice.until("presence reply", |r| r["kind"] == "presence_reply").await;
+    assert_eq!(reply["users"], json!(both), "{}", alice.failure("presence() over SSE"));
+
+    drop(bob);
+    until_presence(&mut alice, "leave", Some("bob"), &[member("alice", 1)]).await;
+    assert!(alice.reports("welcome").is_empty(), "no welcome over SSE");
+    assert!(alice.seen.iter().all(|r| r["me"].is_null() && r["conn"].is_null()), "{}", alice.failure("user over SSE"));
+    assert!(alice.reports("error").is_empty(), "{}", alice.failure("client error"));
 }

@@ -5,6 +5,11 @@
 //! between the browser and sidewire lets a test cut connections as a network would
 //! (the reports then go to sidewire directly, so the cut does not lose them).
 //!
+//! Rooms ([`ROOM_PAGE`], [`Page::room`]): several browsers at once, each signed in with a
+//! token the fake app's auth endpoint accepts, each reporting to its own queue, and each
+//! driven by the test through sidewire itself: commands published on `ctl:<user>`, a
+//! channel the page subscribes to.
+//!
 //! Nothing here sleeps until something is probably ready: every wait is for a report or
 //! a socket, bounded by [`DEADLINE`]. Chromium is killed (its whole process group) on drop,
 //! so a failing test leaves no browser behind.
@@ -72,28 +77,117 @@ const PAGE: &str = r#"<!doctype html>
 </script>
 "#;
 
+/// A room member's page: signs in with `?token=<user>`, subscribes to `?channel=` (with
+/// `echo: false` when `?echo=0`, and a presence callback) and to its control channel
+/// `ctl:<user>`, and reports to `/report?page=<page>` (on the `?report=` origin when
+/// given, as [`PAGE`] does). Every report carries what `client.user` /
+/// `client.connection` say at that moment (`me`, `conn`).
+///
+/// Commands (the data of a message on `ctl:<user>`): `{"op": "publish", "data", "event"}`
+/// publishes on the room (reports `published`), `{"op": "presence"}` reports the answer
+/// of `client.presence(room)` as `presence_reply`.
+pub const ROOM_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>sidewire client.js room test</title>
+<script src="/_sidewire/client.js"></script>
+<script>
+  "use strict";
+  const params = new URLSearchParams(location.search);
+  const to = (params.get("report") || "") + "/report?page=" + encodeURIComponent(params.get("page"));
+  const token = params.get("token");
+  const room = params.get("channel");
+  let chain = Promise.resolve();
+  let client = null;
+  function report(kind, body) {
+    const who = client ? { me: client.user, conn: client.connection } : {};
+    const text = JSON.stringify(Object.assign({ kind }, who, body));
+    chain = chain.then(() => fetch(to, { method: "POST", body: text, mode: "no-cors" })).catch(() => {});
+  }
+  addEventListener("error", (e) => report("page_error", { message: String(e.message) }));
+  addEventListener("unhandledrejection", (e) => report("page_error", { message: String(e.reason) }));
+  client = new Sidewire.Client({ url: "/ws", sse: "/events", poll: "/poll", token });
+  report("created", {});
+  for (const event of ["state", "welcome", "subscribed", "reset", "error", "join", "leave"]) {
+    client.on(event, (e) => report(event, e));
+  }
+  client.subscribe(room, (m) => report("message", m), {
+    echo: params.get("echo") !== "0",
+    presence: (p) => report("presence", { channel: p.channel, members: p.members, change: p.change,
+                                          tracked: client.members(room) }),
+  });
+  const fail = (what) => (e) => report("page_error", { message: what + ": " + e.message + " (" + e.code + ")" });
+  client.subscribe("ctl:" + token, ({ data }) => {
+    if (data.op === "publish") client.publish(room, data.data, data.event).then((r) => report("published", r), fail("publish"));
+    else if (data.op === "presence") client.presence(room).then((users) => report("presence_reply", { users }), fail("presence"));
+    else report("page_error", { message: "unknown command " + JSON.stringify(data) });
+  });
+</script>
+"#;
+
 /// The fake application: serves [`PAGE`] at `/` and forwards `POST /report` bodies to
 /// the test; everything else (including `/ws` when sidewire has no such route) is 404.
 pub async fn app() -> (FakeBackend, mpsc::Receiver<Value>) {
-    let (tx, rx) = mpsc::channel(1024);
+    let (backend, mut queues) = app_for(1).await;
+    (backend, queues.remove(0))
+}
+
+/// [`app`] for `pages` pages at once, plus [`ROOM_PAGE`] at `/room` and the auth endpoint
+/// (`POST /realtime/auth`): a token is the user's name, allowed on `room:*` and its own
+/// `ctl:<user>`, with `{"name": <capitalized>}` as info; no token is 401. The reports
+/// of `/report?page=i` go to queue `i` (no `page`: queue 0).
+pub async fn app_for(pages: usize) -> (FakeBackend, Vec<mpsc::Receiver<Value>>) {
+    let (senders, queues): (Vec<_>, Vec<_>) = (0..pages).map(|_| mpsc::channel(1024)).unzip();
+    let senders = Arc::new(senders);
     let backend = FakeBackend::start(move |req: Request<Incoming>| {
-        let tx = tx.clone();
+        let senders = Arc::clone(&senders);
         async move {
             match (req.method(), req.uri().path()) {
-                (&Method::GET, "/") => {
-                    Response::builder().header("content-type", "text/html; charset=utf-8").body(full(PAGE)).unwrap()
-                }
+                (&Method::GET, "/") => html(PAGE),
+                (&Method::GET, "/room") => html(ROOM_PAGE),
                 (&Method::POST, "/report") => {
+                    let page = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("page=")))
+                        .map_or(0, |p| p.parse::<usize>().unwrap());
                     let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let _ = tx.send(serde_json::from_slice(&body).unwrap()).await;
+                    let _ = senders[page].send(serde_json::from_slice(&body).unwrap()).await;
                     Response::builder().status(204).body(full("")).unwrap()
+                }
+                (&Method::POST, "/realtime/auth") => {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let call: Value = serde_json::from_slice(&body).unwrap();
+                    match call["token"].as_str() {
+                        Some(user) if !user.is_empty() => {
+                            let answer = serde_json::json!({
+                                "user": user,
+                                "channels": ["room:*", format!("ctl:{user}")],
+                                "info": { "name": display_name(user) },
+                            });
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(full(answer.to_string()))
+                                .unwrap()
+                        }
+                        _ => Response::builder().status(401).body(full("{}")).unwrap(),
+                    }
                 }
                 _ => Response::builder().status(404).body(full("not here")).unwrap(),
             }
         }
     })
     .await;
-    (backend, rx)
+    (backend, queues)
+}
+
+/// The display name the fake app gives `user` ("alice" → "Alice"): presence `info`.
+pub fn display_name(user: &str) -> String {
+    let mut chars = user.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+fn html(page: &'static str) -> Response<crate::support::Body> {
+    Response::builder().header("content-type", "text/html; charset=utf-8").body(full(page)).unwrap()
 }
 
 /// Headless Chromium showing one page.
@@ -168,6 +262,20 @@ impl Page {
         Self { browser, reports, seen: Vec::new(), taken: 0 }
     }
 
+    /// Opens [`ROOM_PAGE`] as page `page` (its reports must reach `reports`, queue `page`
+    /// of [`app_for`]) for `user` on `channel`; `extra` is more query (`&echo=0`).
+    pub fn room(
+        origin: SocketAddr,
+        reports: mpsc::Receiver<Value>,
+        page: usize,
+        user: &str,
+        channel: &str,
+        extra: &str,
+    ) -> Self {
+        let url = format!("http://{origin}/room?page={page}&token={user}&channel={channel}{extra}");
+        Self { browser: Chromium::open(&url), reports, seen: Vec::new(), taken: 0 }
+    }
+
     /// Reads the next report into `seen`; a page error, or no report within
     /// [`DEADLINE`], fails the test.
     async fn read(&mut self, waiting_for: &str) -> Value {
@@ -189,6 +297,15 @@ impl Page {
             if want(&r) {
                 return r;
             }
+        }
+    }
+
+    /// The first report so far that satisfies `want`, or else the next one to come (for
+    /// reports that may have been read while waiting for something else).
+    pub async fn until_seen(&mut self, waiting_for: &str, want: impl Fn(&Value) -> bool) -> Value {
+        match self.seen.iter().find(|r| want(r)) {
+            Some(r) => r.clone(),
+            None => self.until(waiting_for, want).await,
         }
     }
 
