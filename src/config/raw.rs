@@ -16,9 +16,24 @@ pub struct Dur(pub Duration);
 /// Longest duration any setting takes.
 const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// A duration as YAML gives it: a string, or (a common slip) a bare number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurText {
+    Text(String),
+    Number(f64),
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+        let text = match DurText::deserialize(d)? {
+            DurText::Text(t) => t,
+            DurText::Number(n) => {
+                return Err(serde::de::Error::custom(format!(
+                    "{n} has no unit: write a duration such as \"{n}s\" (also 250ms, 5m, 1h)"
+                )));
+            }
+        };
         let d = humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write it like 250ms, 30s, 5m or 1h"))
         })?;

@@ -174,4 +174,6 @@ fn absurd_durations_are_refused() {
     let has = |needle: &str| p.iter().any(|l| l.starts_with(needle));
     assert!(has("auth.negative_ttl: "), "{p:#?}");
     assert!(has("heartbeat.interval: "), "{p:#?}");
+    let p = problems("auth: { cache_ttl: 60 }\n");
+    assert!(p.iter().any(|l| l.starts_with("auth.cache_ttl: ") && l.contains("\"60s\"")), "{p:#?}");
 }
