@@ -80,6 +80,7 @@ pub async fn wait(
         }
     }
     messages.truncate(MAX_BATCH);
+    stream.session.delivered = messages.len() as u64;
     let mut res = json(StatusCode::OK, &answer(&mut stream, &messages, &opened.reset));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if draining {

@@ -26,6 +26,11 @@ pub struct Session {
     pub member: Option<Arc<Member>>,
     transport: &'static str,
     state: Arc<Realtime>,
+    /// Messages written to the client (for the end-of-session log line).
+    pub delivered: u64,
+    /// How the session ended, when sidewire ended it with a close code (WebSocket).
+    pub ended: Option<(u16, &'static str)>,
+    started: std::time::Instant,
     _admission: Admission,
     _gauge: ConnectionGuard,
 }
@@ -70,6 +75,9 @@ impl Session {
             identity,
             member,
             transport: label,
+            delivered: 0,
+            ended: None,
+            started: std::time::Instant::now(),
             state: Arc::clone(state),
             _admission: admission,
             _gauge: state.metrics.transport(label),
@@ -135,8 +143,18 @@ impl Drop for Session {
         for ch in &self.channels {
             self.broker.hub().unsubscribe(ch, self.conn);
         }
-        if self.transport != "longpoll" {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let connection = self.broker.hub().conn_name(self.conn);
+        let (code, reason) = self.ended.map_or((None, "client left"), |(c, r)| (Some(c), r));
+        let user = self.identity.user.as_deref();
+        if self.transport == "longpoll" {
+            // One per poll: every few seconds per client, so not at the default level.
+            tracing::debug!(target: "sidewire::session", transport = self.transport, user, connection,
+                seconds, delivered = self.delivered, "poll answered");
+        } else {
             self.emit(WebhookEvent::Disconnect, None);
+            tracing::info!(target: "sidewire::session", transport = self.transport, user, connection,
+                seconds, delivered = self.delivered, close_code = code, close_reason = reason, "session ended");
         }
     }
 }

@@ -184,6 +184,7 @@ pub fn spread_ms(conn: u64, spread: Duration) -> u64 {
 }
 
 fn write_event(buf: &mut BytesMut, stream: &mut Stream, msg: &Arc<crate::hub::Message>) {
+    stream.session.delivered += 1;
     if stream.advance(msg) {
         buf.extend_from_slice(b"id: ");
         stream.write_cursor(buf);

@@ -503,3 +503,43 @@ async fn a_pass_through_502_is_logged_at_the_default_level_with_the_backend() {
     let warned = sw.log().iter().filter(|l| l.contains("pass-through request failed")).count();
     assert_eq!(warned, 1, "one warning per burst");
 }
+
+#[tokio::test]
+async fn a_session_end_logs_one_line() {
+    use futures_util::{SinkExt, StreamExt};
+    let backend = FakeBackend::echo().await;
+    let yaml = format!(
+        "{}auth: {{ anonymous: true }}\nchannels: [ {{ match: \"*\", public: true }} ]\n",
+        base_yaml(&backend.url(), "60s")
+    );
+    let file = ConfigFile::new(&yaml);
+    let mut sw = Sidewire::start(&file.path, &[]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", sw.public)).await.unwrap();
+    let sub = serde_json::json!({ "type": "subscribe", "channel": "news" }).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(sub)).await.unwrap();
+    let mut seen = 0;
+    let mut published = false;
+    while seen < 2 {
+        let frame = ws.next().await.unwrap().unwrap();
+        let text = frame.to_text().unwrap_or("").to_owned();
+        if text.contains("\"subscribed\"") && !published {
+            published = true;
+            for n in 0..2 {
+                let body = serde_json::json!({ "channel": "news", "data": n });
+                let url = format!("http://{}/publish", sw.admin);
+                assert_eq!(http().post(url).json(&body).send().await.unwrap().status(), 200);
+            }
+        }
+        if text.contains("\"message\"") {
+            seen += 1;
+        }
+    }
+    ws.close(None).await.unwrap();
+    let line = sw.wait_line(|l| l.contains("session ended")).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = &v;
+    assert_eq!((f["transport"].as_str(), f["delivered"].as_u64()), (Some("websocket"), Some(2)), "{line}");
+    assert!(f["seconds"].is_number() && f["connection"].is_string(), "{line}");
+    sw.signal("TERM");
+    assert_eq!(sw.wait_exit().await.code(), Some(0));
+}

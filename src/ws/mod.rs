@@ -204,8 +204,14 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         Err(end) => end,
     };
     match end {
-        End::Close(code, reason) => Box::pin(frames::close(&mut conn.ws, code, reason)).await,
-        End::Fail(e) => Box::pin(frames::fail(&mut conn.ws, e)).await,
+        End::Close(code, reason) => {
+            conn.session.ended = Some((code, reason));
+            Box::pin(frames::close(&mut conn.ws, code, reason)).await
+        }
+        End::Fail(e) => {
+            conn.session.ended = Some((e.code, e.reason));
+            Box::pin(frames::fail(&mut conn.ws, e)).await
+        }
         End::Gone => {}
     }
 }
@@ -305,6 +311,7 @@ impl Conn {
                 // Messages queued before an unsubscribe are not delivered after it.
                 if session.channels.contains(&msg.channel) && !echo_off(quiet, session.conn, &msg) {
                     ws.feed(text_frame(&msg)).await?;
+                    session.delivered += 1;
                 }
                 n += 1;
                 if n < BATCH {
