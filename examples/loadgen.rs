@@ -4,6 +4,12 @@
 //! The same tool drives sidewire, Nchan and Pushpin: the subscribe URL, the optional
 //! WebSocket subscribe frame and the publish body template are all arguments.
 //!
+//! Several instances of one server (e.g. sidewire on Redis): give `--sse-url`/`--ws-url`
+//! several times and subscriber i connects to URL i mod k; give `--pub-url` (alias
+//! `--publish-url`) several times and publish i (probes included) goes to URL i mod k.
+//! `--aux-pid` (e.g. redis-server) and `--redis-info` (a Redis to read `INFO` from) add
+//! their CPU and command counts over the measured phase to the report.
+//!
 //! Phases, each bounded (the whole run also has a hard `--timeout`):
 //! 1. server RSS before (`--server-pid`, repeatable: all processes of the server);
 //! 2. connect N subscribers, client sockets bound to 127.0.0.1…127.0.0.K round-robin,
@@ -18,6 +24,10 @@
 //!    carrying `{"t": <send time, ns on the tool's monotonic clock>, "n": <index>}`;
 //!    wait until every subscriber has all M, or no delivery arrives for `--idle-timeout`;
 //! 6. report one JSON line on stdout and a human summary on stderr.
+//!
+//! Besides the latency of every delivery (`p50_ms`, `p99_ms`), the earliest delivery of
+//! each message (`first_p50_ms`, `first_p99_ms`) measures the publish path alone, without
+//! the spread of the fan-out over N subscribers.
 //!
 //! A delivery is any SSE `data:` line or WS text/binary frame with `"t":` and `"n":`.
 //! Only 127.0.0.0/8 targets are accepted.
@@ -46,11 +56,12 @@ use tokio_util::sync::CancellationToken;
 #[command(about = "Fan-out load generator for SSE/WebSocket pub/sub servers (127.0.0.0/8 only)")]
 struct Args {
     /// SSE subscribe URL, e.g. http://127.0.0.1:8080/events?channel=bench
+    /// (repeatable: subscriber i connects to URL i mod k).
     #[arg(long, conflicts_with = "ws_url", required_unless_present = "ws_url")]
-    sse_url: Option<String>,
-    /// WebSocket subscribe URL, e.g. ws://127.0.0.1:8080/ws
+    sse_url: Vec<String>,
+    /// WebSocket subscribe URL, e.g. ws://127.0.0.1:8080/ws (repeatable, like --sse-url).
     #[arg(long)]
-    ws_url: Option<String>,
+    ws_url: Vec<String>,
     /// Text frame sent right after the WebSocket handshake (sidewire: a subscribe request).
     #[arg(long)]
     ws_subscribe_frame: Option<String>,
@@ -66,9 +77,9 @@ struct Args {
     /// Publish target rate, messages per second.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
-    /// HTTP publish URL (POST).
-    #[arg(long)]
-    pub_url: String,
+    /// HTTP publish URL (POST; repeatable: publish i goes to URL i mod k, probes included).
+    #[arg(long, alias = "publish-url", required = true)]
+    pub_url: Vec<String>,
     /// Publish body; `{t}` becomes the send time (ns) and `{n}` the message index.
     #[arg(long, default_value = r#"{"channel":"bench","data":{"t":{t},"n":{n}}}"#)]
     pub_body: String,
@@ -102,6 +113,14 @@ struct Args {
     /// Server process to account CPU and RSS to (repeatable: every process of the server).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// Another process whose CPU over the measured phase is reported apart (repeatable,
+    /// e.g. redis-server): `aux_cpu_s`, `aux_cpu_us_per_delivery`.
+    #[arg(long)]
+    aux_pid: Vec<u32>,
+    /// A Redis (127.0.0.1:PORT) whose `INFO stats commandstats cpu` is read before and
+    /// after the measured phase: commands, EVALSHA and PUBLISH calls, Redis's own CPU.
+    #[arg(long)]
+    redis_info: Option<String>,
     /// Free-form label copied into the JSON.
     #[arg(long, default_value = "")]
     label: String,
@@ -166,6 +185,9 @@ struct Shared {
     last_delivery_ns: AtomicU64,
     /// Earliest end of a stream the server closed before the run was over (ns).
     first_close_ns: AtomicU64,
+    /// Per measured message: the earliest delivery's latency (ns) over all subscribers,
+    /// i.e. the publish→first-deliver path without the fan-out's spread.
+    first_latency_ns: Vec<AtomicU64>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -232,7 +254,11 @@ impl Seen {
         }
         self.bits[w] |= b;
         self.res.unique += 1;
-        self.res.latencies_ns.push(now.saturating_sub(t.max(0) as u64));
+        let latency = now.saturating_sub(t.max(0) as u64);
+        self.res.latencies_ns.push(latency);
+        if let Some(first) = shared.first_latency_ns.get(n) {
+            first.fetch_min(latency, Ordering::Relaxed);
+        }
         shared.received.fetch_add(1, Ordering::Relaxed);
         shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
     }
@@ -325,12 +351,13 @@ async fn connect(args: &Args, target: &Target, src: Ipv4Addr) -> anyhow::Result<
 async fn subscriber(
     idx: usize,
     args: Arc<Args>,
-    target: Arc<Target>,
+    targets: Arc<Vec<Target>>,
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
     stop: CancellationToken,
 ) -> SubResult {
     let src = Ipv4Addr::new(127, 0, 0, 1 + (idx % usize::from(args.sources.max(1))) as u8);
+    let target = &targets[idx % targets.len()];
     let m = args.messages;
     let mut conn = None;
     {
@@ -341,7 +368,7 @@ async fn subscriber(
             if stop.is_cancelled() {
                 break;
             }
-            match tokio::time::timeout(secs(args.connect_timeout), connect(&args, &target, src)).await {
+            match tokio::time::timeout(secs(args.connect_timeout), connect(&args, target, src)).await {
                 Ok(Ok(c)) => {
                     conn = Some(c);
                     break;
@@ -503,7 +530,7 @@ fn self_cpu() -> f64 {
 /// Sends publishes, one in flight, in order.
 struct Publisher {
     client: reqwest::Client,
-    url: String,
+    urls: Vec<String>,
     body: String,
     headers: reqwest::header::HeaderMap,
 }
@@ -511,11 +538,16 @@ struct Publisher {
 impl Publisher {
     fn new(args: &Args) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let uri: http::Uri = args.pub_url.parse().context("bad --pub-url")?;
-        if uri.scheme_str() != Some("http") {
-            bail!("--pub-url must be http://");
+        if args.pub_url.is_empty() {
+            bail!("--pub-url is required");
         }
-        loopback(uri.host().unwrap_or(""))?;
+        for url in &args.pub_url {
+            let uri: http::Uri = url.parse().with_context(|| format!("bad --pub-url {url:?}"))?;
+            if uri.scheme_str() != Some("http") {
+                bail!("--pub-url must be http://");
+            }
+            loopback(uri.host().unwrap_or(""))?;
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         let mut given = args.pub_header.clone();
         if given.is_empty() {
@@ -527,14 +559,15 @@ impl Publisher {
         }
         let client =
             reqwest::Client::builder().no_proxy().pool_max_idle_per_host(2).timeout(Duration::from_secs(60)).build()?;
-        Ok(Self { client, url: args.pub_url.clone(), body: args.pub_body.clone(), headers })
+        Ok(Self { client, urls: args.pub_url.clone(), body: args.pub_body.clone(), headers })
     }
 
-    /// Publishes message `n`; returns the call's duration.
+    /// Publishes message `n` (to URL `n` mod k); returns the call's duration.
     async fn publish(&self, n: i64) -> anyhow::Result<Duration> {
         let started = Instant::now();
+        let url = &self.urls[n.unsigned_abs() as usize % self.urls.len()];
         let body = self.body.replace("{t}", &now_ns().to_string()).replace("{n}", &n.to_string());
-        let res = self.client.post(&self.url).headers(self.headers.clone()).body(body).send().await?;
+        let res = self.client.post(url).headers(self.headers.clone()).body(body).send().await?;
         let status = res.status();
         let text = res.bytes().await.unwrap_or_default();
         if !status.is_success() {
@@ -542,6 +575,54 @@ impl Publisher {
         }
         Ok(started.elapsed())
     }
+}
+
+/// `INFO stats commandstats cpu` of a Redis on 127.0.0.0/8 as numbers: every `key:value`
+/// with a numeric value, `cmdstat_<name>` as its `calls` and `cmdstat_<name>_usec` as its `usec`.
+async fn redis_info(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| anyhow!("--redis-info {addr:?}: want HOST:PORT"))?;
+    let addr = SocketAddr::new(IpAddr::V4(loopback(host)?), port.parse().context("--redis-info port")?);
+    let mut s =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await.context("redis connect")??;
+    s.write_all(b"INFO stats commandstats cpu\r\n").await?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    // Bulk reply `$<len>\r\n<text>\r\n`: read until all of it is here (bounded).
+    let text = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let k = s.read(&mut chunk).await?;
+            if k == 0 {
+                bail!("redis closed the connection");
+            }
+            buf.extend_from_slice(&chunk[..k]);
+            if let Some(i) = buf.iter().position(|&c| c == b'\n') {
+                let head = buf.get(1..i.saturating_sub(1)).unwrap_or_default();
+                let len: usize = std::str::from_utf8(head)?.parse().with_context(|| {
+                    format!("redis reply {:?}", String::from_utf8_lossy(&buf[..buf.len().min(100)]))
+                })?;
+                if buf.len() >= i + 1 + len {
+                    return Ok(String::from_utf8_lossy(&buf[i + 1..i + 1 + len]).into_owned());
+                }
+            }
+        }
+    })
+    .await
+    .context("redis INFO timeout")??;
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        if let Some(cmd) = k.strip_prefix("cmdstat_") {
+            for (field, suffix) in [("calls=", ""), ("usec=", "_usec")] {
+                if let Some(x) = v.split(',').find_map(|f| f.strip_prefix(field)).and_then(|c| c.parse().ok()) {
+                    out.insert(format!("cmdstat_{cmd}{suffix}"), x);
+                }
+            }
+        } else if let Ok(x) = v.trim().parse::<f64>() {
+            out.insert(k.to_owned(), x);
+        }
+    }
+    Ok(out)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -577,21 +658,26 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let target = match (&args.sse_url, &args.ws_url) {
-        (Some(u), None) => parse_target(u, false)?,
-        (None, Some(u)) => parse_target(u, true)?,
-        _ => bail!("give exactly one of --sse-url / --ws-url"),
+    let targets = match (args.sse_url.as_slice(), args.ws_url.as_slice()) {
+        (urls, []) if !urls.is_empty() => urls.iter().map(|u| parse_target(u, false)).collect::<Result<Vec<_>, _>>()?,
+        ([], urls) if !urls.is_empty() => urls.iter().map(|u| parse_target(u, true)).collect::<Result<Vec<_>, _>>()?,
+        _ => bail!("give --sse-url or --ws-url (either, repeatable), not both"),
     };
+    let ws = targets[0].ws;
     if args.subscribers == 0 || args.messages == 0 || args.rate <= 0.0 {
         bail!("--subscribers, --messages and --rate must be positive");
     }
     let publisher = Publisher::new(&args)?;
     let args = Arc::new(args);
-    let target = Arc::new(target);
+    let targets = Arc::new(targets);
     let n = args.subscribers;
     let m = args.messages;
     let pids = args.server_pid.clone();
-    let shared = Arc::new(Shared { first_close_ns: AtomicU64::new(u64::MAX), ..Shared::default() });
+    let shared = Arc::new(Shared {
+        first_close_ns: AtomicU64::new(u64::MAX),
+        first_latency_ns: (0..m).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        ..Shared::default()
+    });
     let stop = CancellationToken::new();
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut human = Vec::new();
@@ -607,7 +693,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         tasks.push(tokio::spawn(subscriber(
             idx,
             Arc::clone(&args),
-            Arc::clone(&target),
+            Arc::clone(&targets),
             Arc::clone(&shared),
             Arc::clone(&sem),
             stop.clone(),
@@ -633,8 +719,23 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         bail!("no subscriber connected: {errors:?}");
     }
 
-    // 3. Hold idle, then RSS after.
+    // 3. Hold idle, then RSS after. Redis's idle CPU (its own timers, the servers' periodic
+    // checks) is read over the hold, to tell it from the cost of the measured messages.
+    let redis_idle0 = match &args.redis_info {
+        Some(addr) => Some((redis_info(addr).await?, Instant::now())),
+        None => None,
+    };
     tokio::time::sleep(secs(args.hold)).await;
+    let redis_idle_cpu_per_s = match (&redis_idle0, &args.redis_info) {
+        (Some((a, t0)), Some(addr)) => {
+            let b = redis_info(addr).await?;
+            let cpu = |i: &BTreeMap<String, f64>| {
+                i.get("used_cpu_sys").copied().unwrap_or(0.0) + i.get("used_cpu_user").copied().unwrap_or(0.0)
+            };
+            (cpu(&b) - cpu(a)) / t0.elapsed().as_secs_f64().max(1e-3)
+        }
+        _ => f64::NAN,
+    };
     let rss_after = sum_rss(&pids);
     let pss_after = sum_pss(&pids);
 
@@ -678,6 +779,11 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
 
     // 5. Measured phase.
     let expected = connected * m as u64;
+    let redis0 = match &args.redis_info {
+        Some(addr) => Some(redis_info(addr).await?),
+        None => None,
+    };
+    let aux0 = sum_cpu(&args.aux_pid);
     let cpu0 = sum_cpu(&pids);
     let self0 = self_cpu();
     let busy0 = machine_busy();
@@ -733,17 +839,28 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu1 = sum_cpu(&pids);
+    let aux1 = sum_cpu(&args.aux_pid);
     let self1 = self_cpu();
     let busy1 = machine_busy();
     let wall = wall0.elapsed().as_secs_f64();
+    let redis1 = match &args.redis_info {
+        Some(addr) => redis_info(addr).await.ok(),
+        None => None,
+    };
     stop.cancel();
 
     // 6. Collect and report.
     let mut lat = Vec::with_capacity(expected as usize);
     let (mut unique, mut dups, mut unexpected, mut closed_early) = (0u64, 0u64, 0u64, 0u64);
+    let mut per_target = vec![serde_json::json!({"connected": 0, "received": 0, "duplicates": 0}); targets.len()];
     let collect_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    for t in tasks {
+    for (idx, t) in tasks.into_iter().enumerate() {
         if let Ok(Ok(r)) = tokio::time::timeout_at(collect_deadline, t).await {
+            let pt = &mut per_target[idx % targets.len()];
+            for (k, v) in [("connected", u64::from(r.connected)), ("received", r.unique), ("duplicates", r.duplicates)]
+            {
+                pt[k] = serde_json::json!(pt[k].as_u64().unwrap_or(0) + v);
+            }
             unique += r.unique;
             dups += r.duplicates;
             unexpected += r.unexpected;
@@ -767,13 +884,58 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let idle_kib_pss =
         if pids.is_empty() { f64::NAN } else { (pss_after as f64 - pss_before as f64) / connected as f64 / 1024.0 };
     let tool_cpu = self1 - self0;
-    // CPU used by everything else on the machine while we measured (other jobs = noise).
-    let other_cpu = ((busy1 - busy0) - server_cpu - tool_cpu).max(0.0);
+    // CPU used by everything else on the machine while we measured (other jobs = noise;
+    // --aux-pid processes are not "other").
+    let other_cpu = ((busy1 - busy0) - server_cpu - tool_cpu - (aux1 - aux0)).max(0.0);
+    let aux_cpu = aux1 - aux0;
+    let aux_us_per = if unique > 0 && !args.aux_pid.is_empty() { aux_cpu * 1e6 / unique as f64 } else { f64::NAN };
+    let published = m as u64 - pub_errors;
+    let redis = match (&redis0, &redis1) {
+        (Some(a), Some(b)) => {
+            let d = |k: &str| b.get(k).copied().unwrap_or(0.0) - a.get(k).copied().unwrap_or(0.0);
+            let cpu = d("used_cpu_sys") + d("used_cpu_user");
+            let per_msg = |x: f64| if published > 0 { x / published as f64 } else { f64::NAN };
+            // Above the idle baseline measured over the hold: what the messages cost.
+            let cpu_net = (cpu - redis_idle_cpu_per_s * wall).max(0.0);
+            let evalsha_usec = d("cmdstat_evalsha_usec") / d("cmdstat_evalsha").max(1.0);
+            human.push(format!(
+                "redis: {:.0} commands ({:.1}/message, {:.0}/s), {:.0} EVALSHA ({evalsha_usec:.1} µs each inside Redis), {:.0} PUBLISH, CPU {cpu:.2}s = {:.1} µs/message ({:.1} above the idle {:.1}% of a core)",
+                d("total_commands_processed"),
+                per_msg(d("total_commands_processed")),
+                d("total_commands_processed") / wall,
+                d("cmdstat_evalsha"),
+                d("cmdstat_publish"),
+                per_msg(cpu) * 1e6,
+                per_msg(cpu_net) * 1e6,
+                redis_idle_cpu_per_s * 100.0
+            ));
+            serde_json::json!({
+                "commands": d("total_commands_processed"),
+                "commands_per_s": round(d("total_commands_processed") / wall, 0),
+                "commands_per_message": round(per_msg(d("total_commands_processed")), 2),
+                "evalsha": d("cmdstat_evalsha"),
+                "publish": d("cmdstat_publish"),
+                "cpu_s": round(cpu, 3),
+                "cpu_us_per_message": round(per_msg(cpu) * 1e6, 1),
+                "idle_cpu_pct": round(redis_idle_cpu_per_s * 100.0, 2),
+                "cpu_us_per_message_above_idle": round(per_msg(cpu_net) * 1e6, 1),
+                "evalsha_usec_per_call": round(evalsha_usec, 1),
+                "cpu_us_per_delivery": round(if unique > 0 { cpu * 1e6 / unique as f64 } else { f64::NAN }, 3),
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
+    if !args.aux_pid.is_empty() {
+        human.push(format!("aux processes CPU {aux_cpu:.2}s = {aux_us_per:.3} µs/delivery"));
+    }
     let errors = shared.errors.lock().map(|m| m.clone()).unwrap_or_default();
     let first_close = shared.first_close_ns.load(Ordering::Relaxed);
     let first_close_s =
         if first_close == u64::MAX { f64::NAN } else { (first_close as f64 - first_pub_ns as f64) / 1e9 };
-    let kind = if target.ws { "ws" } else { "sse" };
+    let kind = if ws { "ws" } else { "sse" };
+    let mut first: Vec<u64> =
+        shared.first_latency_ns.iter().map(|a| a.load(Ordering::Relaxed)).filter(|&x| x != u64::MAX).collect();
+    first.sort_unstable();
 
     human.push(format!(
         "{kind} {connected}x{m}: {unique}/{expected} delivered ({lost} lost, {dups} dup, {unexpected} unexpected, {closed_early} closed early), {end_reason}"
@@ -783,6 +945,11 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
+    ));
+    human.push(format!(
+        "first delivery of each message: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&first, 0.5),
+        percentile(&first, 0.99)
     ));
     human.push(format!(
         "publish: {m} at {pub_rate:.1}/s achieved ({pub_errors} errors), call p50 {:.1} ms, max {:.1} ms",
@@ -812,7 +979,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         eprintln!("loadgen: {line}");
     }
 
-    Ok(serde_json::json!({
+    let mut out = serde_json::json!({
         "label": args.label,
         "transport": kind,
         "subscribers": n,
@@ -853,5 +1020,20 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "measure_wall_s": round(wall, 2),
         "other_cpu_pct": round(100.0 * other_cpu / wall, 1),
         "errors": errors,
-    }))
+    });
+    // Added apart: one json! with every field exceeds the macro recursion limit.
+    let extra = [
+        ("aux_cpu_s", round(aux_cpu, 2)),
+        ("aux_cpu_us_per_delivery", round(aux_us_per, 3)),
+        ("redis", redis),
+        ("targets", serde_json::json!(targets.len())),
+        ("per_target", serde_json::json!(per_target)),
+        ("publish_urls", serde_json::json!(args.pub_url.len())),
+        ("first_p50_ms", round(percentile(&first, 0.5), 3)),
+        ("first_p99_ms", round(percentile(&first, 0.99), 3)),
+    ];
+    for (k, v) in extra {
+        out[k] = v;
+    }
+    Ok(out)
 }
