@@ -325,12 +325,20 @@ redis_ceiling() { # rep k: sidewire's publish script alone on Redis, at saturati
     log "S/$rep: $CEILING_N × EVALSHA publish (16 connections) with $n subscriber connections"
     c0=$(proc_ticks "$REDIS_PID")
     t0=$(date +%s.%N)
-    # KEYS epoch seq log; ARGV epoch candidate, idem ttl, 1 item: 1 message, no idempotency
-    # key, no fingerprint; the message: pub/sub channel, history size, ttl ms, not
-    # ephemeral, envelope (the shape sidewire sends for a small message).
+    # One item of one message, no idempotency key, no fingerprint; the message: pub/sub
+    # channel, history size, ttl ms, not ephemeral, envelope (what sidewire sends for a
+    # small message). Two layouts of the script's KEYS/ARGV exist:
+    #   KEYS epoch seq log; ARGV epoch candidate, idem ttl, n items, …  (up to 61fdaf2)
+    #   KEYS seq log epoch; ARGV epoch candidate, 1 (last key is epoch), idem ttl, n items, …
+    local call
+    if grep -q "ARGV\[2\] == '1'" <<<"$lua"; then
+        call=(3 'bench:{bench}:seq' 'bench:{bench}:log' bench:epoch 77 1 300 1 1 0 '')
+    else
+        call=(3 bench:epoch 'bench:{bench}:seq' 'bench:{bench}:log' 77 300 1 1 0 '')
+    fi
+    call+=('bench:{bench}' 100 3600000 0 '{"data":{"t":1,"n":1}}')
     out=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -n "$CEILING_N" -c 16 -q \
-        EVALSHA "$sha" 3 bench:epoch 'bench:{bench}:seq' 'bench:{bench}:log' 77 300 1 1 0 '' \
-        'bench:{bench}' 100 3600000 0 '{"data":{"t":1,"n":1}}' 2>&1 | tr '\r' '\n' | grep -v '^ *$' | tail -n 1 || true)
+        EVALSHA "$sha" "${call[@]}" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | tail -n 1 || true)
     t1=$(date +%s.%N)
     c1=$(proc_ticks "$REDIS_PID")
     for i in "${pids[@]}"; do stop_pid "$i"; done
