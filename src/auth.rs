@@ -246,7 +246,7 @@ impl Auth {
         if cells.len() >= MAX_ENTRIES {
             cells.retain(|_, c| !c.get().is_some_and(|o| expired(o, now)));
             if cells.len() >= MAX_ENTRIES {
-                cells.clear();
+                evict_soonest(&mut cells, MAX_ENTRIES / 10);
             }
         }
         let cell = Arc::new(OnceCell::new());
@@ -259,6 +259,31 @@ impl Auth {
         if cells.get(&key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             cells.remove(&key);
         }
+    }
+}
+
+/// Forgets the `n` settled answers closest to expiring (the oldest, in effect), so a full
+/// cache keeps most of its answers instead of sending every client back to the backend at
+/// once. Calls still in flight are kept: their waiters share them.
+fn evict_soonest(cells: &mut HashMap<[u8; 32], Arc<OnceCell<Outcome>>>, n: usize) {
+    let mut settled: Vec<(Instant, [u8; 32])> = cells
+        .iter()
+        .filter_map(|(k, c)| {
+            let until = match c.get()? {
+                Outcome::Allowed(id) => id.expires.unwrap_or(Instant::now() + MAX_TTL),
+                Outcome::Denied(_, until) => *until,
+                Outcome::Failed(_) => Instant::now(),
+            };
+            Some((until, *k))
+        })
+        .collect();
+    let n = n.min(settled.len());
+    if n == 0 {
+        return;
+    }
+    settled.select_nth_unstable_by_key(n - 1, |(until, _)| *until);
+    for (_, key) in &settled[..n] {
+        cells.remove(key);
     }
 }
 
@@ -451,5 +476,24 @@ mod tests {
         let ha = credential(&c, &h, &[], peer()).unwrap();
         assert_ne!(a.key, b.key);
         assert_ne!(a.key, ha.key, "same text from another source is another credential");
+    }
+
+    #[test]
+    fn a_full_cache_forgets_the_answers_closest_to_expiring() {
+        let now = Instant::now();
+        let mut cells = HashMap::new();
+        for i in 0..10u8 {
+            let cell = OnceCell::new();
+            let until = now + Duration::from_secs(u64::from(i) + 1);
+            let _ = cell.set(Outcome::Denied(AuthError::Invalid, until));
+            cells.insert([i; 32], Arc::new(cell));
+        }
+        cells.insert([99; 32], Arc::new(OnceCell::new()));
+        evict_soonest(&mut cells, 3);
+        assert_eq!(cells.len(), 8);
+        for i in 0..3u8 {
+            assert!(!cells.contains_key(&[i; 32]), "{i} expires soonest");
+        }
+        assert!(cells.contains_key(&[99; 32]), "a call in flight is kept");
     }
 }
