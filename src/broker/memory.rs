@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{BrokerError, Ids, Outgoing, Resume};
 use crate::hub::cursor::Epoch;
-use crate::hub::{Delivery, Hub, Outbox, Retention, Seq, Since, Subscribed};
+use crate::hub::{Delivery, Hub, Outbox, Retention, Seq, Subscribed};
 use crate::names::ChannelName;
 
 /// How long an idempotency key is remembered (SPEC §7).
@@ -89,7 +89,7 @@ impl Memory {
         }
         let names: Vec<&ChannelName> = items.iter().flat_map(|i| i.drafts.iter().map(|(d, _)| &d.channel)).collect();
         if !self.hub.make_room(&names) {
-            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+            return Err(BrokerError::no_room());
         }
         // Held through the (synchronous, non-blocking) deliveries below so two concurrent
         // retries of one key cannot both deliver.
@@ -128,16 +128,10 @@ impl Memory {
         retention: Retention,
     ) -> Result<Subscribed, BrokerError> {
         if !self.hub.make_room(&[channel]) {
-            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+            return Err(BrokerError::no_room());
         }
-        let since = match resume {
-            Resume::Live => Since::Live,
-            // A cursor from the future was not handed out by this process.
-            Resume::After { epoch, seq } if epoch == self.epoch && seq <= self.seq.load(Ordering::Acquire) => {
-                Since::After(seq)
-            }
-            Resume::After { .. } | Resume::Invalid => Since::Lost,
-        };
+        // A cursor from the future was not handed out by this process.
+        let since = resume.since(self.epoch, |seq| seq <= self.seq.load(Ordering::Acquire));
         match self.hub.subscribe(channel, outbox, since, retention, None) {
             Ok(sub) => Ok(sub),
             // An authoritative hub always answers; keep the type honest anyway.

@@ -113,6 +113,27 @@ pub enum Resume {
     Invalid,
 }
 
+impl Resume {
+    /// The hub's view of this cursor under the current `epoch`; `known` says whether a
+    /// seq of that epoch could have been handed out (the memory broker refuses cursors
+    /// from the future; Redis checks against the channel's head itself).
+    pub fn since(self, epoch: Epoch, known: impl FnOnce(u64) -> bool) -> crate::hub::Since {
+        use crate::hub::Since;
+        match self {
+            Resume::Live => Since::Live,
+            Resume::After { epoch: e, seq } if e == epoch && known(seq) => Since::After(seq),
+            Resume::After { .. } | Resume::Invalid => Since::Lost,
+        }
+    }
+}
+
+impl BrokerError {
+    /// `limits.channels` is reached and no idle channel could be forgotten.
+    pub fn no_room() -> Self {
+        BrokerError::Saturated("limits.channels reached and every channel has subscribers".into())
+    }
+}
+
 #[derive(Clone)]
 pub enum Broker {
     Memory(Arc<Memory>),

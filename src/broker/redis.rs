@@ -37,7 +37,7 @@ use super::{BrokerError, Ids, Outgoing, Resume};
 use crate::config::RedisConfig;
 use crate::hub::cursor::{Epoch, MessageId};
 use crate::hub::presence::PresentUser;
-use crate::hub::{ConnRef, Delivery, Draft, Fill, Hub, HubStats, Message, Outbox, Retention, Seq, Since, Subscribed};
+use crate::hub::{ConnRef, Delivery, Draft, Fill, Hub, HubStats, Message, Outbox, Retention, Seq, Subscribed};
 use crate::metrics::BrokerStats;
 use crate::names::ChannelName;
 use crate::shutdown::Shutdown;
@@ -349,13 +349,13 @@ impl Redis {
         let hub = &self.0.shared.hub;
         let epoch = self.epoch();
         if epoch.0 != 0
-            && let Ok(sub) = hub.subscribe(channel, outbox, since(resume, epoch), retention, None)
+            && let Ok(sub) = hub.subscribe(channel, outbox, resume.since(epoch, |_| true), retention, None)
         {
             self.joined(channel, outbox, retention).await;
             return Ok(sub);
         }
         if !hub.make_room(&[channel]) {
-            return Err(BrokerError::Saturated("limits.channels reached and every channel has subscribers".into()));
+            return Err(BrokerError::no_room());
         }
         let _joining = self.listen(channel).await?;
         hub.prepare(channel, retention);
@@ -364,7 +364,7 @@ impl Redis {
             Resume::Live | Resume::Invalid => None,
         };
         let (epoch, fill) = self.read(channel, after, retention.size).await?;
-        let sub = hub.subscribe(channel, outbox, since(resume, epoch), retention, Some(fill));
+        let sub = hub.subscribe(channel, outbox, resume.since(epoch, |_| true), retention, Some(fill));
         let sub = sub.map_err(|_| BrokerError::Protocol("the hub refused a filled subscribe".into()))?;
         self.joined(channel, outbox, retention).await;
         Ok(sub)
@@ -800,13 +800,4 @@ fn parse_entries(
         out.push((Arc::new(Message::from_draft(draft, Some(MessageId { epoch, seq }), hub.me())), prev));
     }
     Ok(out)
-}
-
-/// The hub's view of a client's cursor under `epoch`.
-fn since(resume: Resume, epoch: Epoch) -> Since {
-    match resume {
-        Resume::Live => Since::Live,
-        Resume::After { epoch: e, seq } if e == epoch => Since::After(seq),
-        Resume::After { .. } | Resume::Invalid => Since::Lost,
-    }
 }
