@@ -11,17 +11,13 @@
 //! channel the page subscribes to.
 //!
 //! Nothing here sleeps until something is probably ready: every wait is for a report or
-//! a socket, bounded by [`DEADLINE`]. Chromium is killed (its whole process group) on drop,
-//! so a failing test leaves no browser behind.
+//! a socket, bounded by [`DEADLINE`]. [`Chromium`] (`tests/support/browser.rs`) is killed,
+//! its whole process group, on drop, so a failing test leaves no browser behind.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
@@ -31,10 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 
+pub use crate::support::browser::{Chromium, DEADLINE};
 use crate::support::{FakeBackend, full};
-
-/// Longest a single wait may take: a cold Chromium start on two busy cores included.
-pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One browser test at a time: several Chromiums on two cores starve each other.
 pub static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -190,61 +184,6 @@ fn html(page: &'static str) -> Response<crate::support::Body> {
     Response::builder().header("content-type", "text/html; charset=utf-8").body(full(page)).unwrap()
 }
 
-/// Headless Chromium showing one page.
-pub struct Chromium {
-    child: std::process::Child,
-    profile: tempfile::TempDir,
-}
-
-impl Chromium {
-    /// Opens `url`. Fails the test, naming the install command, when Chromium is missing.
-    pub fn open(url: &str) -> Self {
-        let profile = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
-        let spawned = std::process::Command::new("chromium")
-            .args([
-                "--headless=new",
-                "--no-sandbox", // tests run as root, where the sandbox refuses to start
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-proxy-server",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn();
-        match spawned {
-            Ok(child) => Self { child, profile },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("the browser tests need Debian's chromium on PATH: apt-get install -y chromium")
-            }
-            Err(e) => panic!("cannot start chromium: {e}"),
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.profile.path().join("chromium.log")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        // Renderer and zygote processes share the browser's process group: end them all,
-        // then reap the browser (instant after SIGKILL).
-        let group = format!("-{}", self.child.id());
-        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A page under test: the browser and the stream of its reports.
 pub struct Page {
     pub browser: Chromium,
@@ -342,10 +281,7 @@ impl Page {
     }
 
     pub fn failure(&self, what: &str) -> String {
-        let log = std::fs::read_to_string(self.browser.log_path()).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("{what}\nreports so far: {:#?}\nchromium log tail:\n{}", self.seen, tail.join("\n"))
+        format!("{what}\nreports so far: {:#?}\nchromium log tail:\n{}", self.seen, self.browser.log_tail())
     }
 }
 
