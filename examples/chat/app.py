@@ -90,8 +90,8 @@ def publish(messages):  # one POST to sidewire's admin API; when sidewire is dow
 
 def realtime_events(h):  # webhook: client publishes on room:moderated; the app decides
     body, sig = h.body(), dict(p.split("=", 1) for p in h.headers.get("x-sidewire-signature", "").split(",") if "=" in p)
-    want = hmac.new(SECRET.encode(), sig.get("t", "0").encode() + b"." + body, hashlib.sha256).hexdigest()
-    if not SECRET or not hmac.compare_digest(want, sig.get("v1", "")) or abs(time.time() - int(sig.get("t", "0"))) > 300:
+    t, want = sig.get("t", ""), hmac.new(SECRET.encode(), sig.get("t", "").encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not (SECRET and t.isdigit() and abs(time.time() - int(t)) < 300 and hmac.compare_digest(want.encode(), sig.get("v1", "").encode())):
         return h.reply(401, {"error": "bad signature"})
     ev = json.loads(body)
     if ev.get("type") != "message":  # lifecycle events (not subscribed to in sidewire.yaml)
