@@ -4,6 +4,8 @@
 #   docker build -t sidewire .
 #   docker run --rm -p 8080:8080 -v $PWD/my-config.yaml:/etc/sidewire/config.yaml sidewire
 #
+# docker-compose.yml runs this image with config.docker.yaml in front of the example chat app.
+#
 # The baked-in /etc/sidewire/config.yaml is the repo's demo config.yaml, which listens on
 # 127.0.0.1 (reachable only from inside the container's network namespace, e.g. a pod
 # sidecar). To publish the ports, mount a config with `listen: "0.0.0.0:8080"` (and

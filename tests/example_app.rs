@@ -454,3 +454,39 @@ async fn the_moderated_room_goes_through_the_apps_signed_webhook() {
     assert!(app.stderr().is_empty(), "the app wrote to stderr:\n{}", app.stderr());
     server.stop().await;
 }
+
+/// `config.docker.yaml` (docker-compose.yml's sidewire) passes `sidewire --check` with
+/// `SIDEWIRE_SECRET` set and names it when it is not; it serves the example app like
+/// `examples/chat/sidewire.yaml` does (same auth, webhooks, routes and channels), on
+/// 0.0.0.0 with the compose service `app` as backend.
+#[test]
+fn the_docker_config_checks_and_matches_the_example() {
+    let check = |env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidewire"));
+        cmd.args(["--check", "--config", "config.docker.yaml"]).current_dir(ROOT).env_remove("SIDEWIRE_SECRET");
+        if let Some(secret) = env {
+            cmd.env("SIDEWIRE_SECRET", secret);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = check(Some("s3cret"));
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = check(None);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("admin.secret") && stderr.contains("SIDEWIRE_SECRET"), "{stderr}");
+
+    let env = |name: &str| (name == "SIDEWIRE_SECRET").then(|| "s3cret".to_owned());
+    let load = |path: &str| Config::load(&Path::new(ROOT).join(path), &env).unwrap();
+    let (docker, example) = (load("config.docker.yaml"), load("examples/chat/sidewire.yaml"));
+    assert_eq!(docker.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(docker.admin.listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(docker.backend.origin.as_str(), "app:3000");
+    assert_eq!((&docker.auth, &docker.webhooks), (&example.auth, &example.webhooks));
+    assert_eq!((&docker.routes, &docker.channels), (&example.routes, &example.channels));
+
+    let compose = std::fs::read_to_string(Path::new(ROOT).join("docker-compose.yml")).unwrap();
+    for needed in ["examples/chat", "CHAT_HOST: \"0.0.0.0\"", "CHAT_PORT: \"3000\"", "config.docker.yaml", "build: ."] {
+        assert!(compose.contains(needed), "docker-compose.yml lacks {needed}");
+    }
+}
