@@ -314,6 +314,22 @@ async fn two_users_chat_through_sidewire_in_front_of_the_example_app() {
     // bob closes his browser: alice's list drops him.
     drop(bob);
     alice.until_texts("alice's presence list without bob", "#presence li", &["Alice Liddell"]).await;
+
+    // The moderated room: the page publishes through sidewire, the app's webhook decides.
+    alice.eval("location.href = '/rooms/moderated'; true").await;
+    alice
+        .until(
+            "the moderated room, connected",
+            "location.pathname + ' ' + document.getElementById('status').textContent",
+            |v| *v == json!("/rooms/moderated open (websocket)"),
+        )
+        .await;
+    alice.until_texts("alice alone here", "#presence li", &["Alice Liddell"]).await;
+    alice.send("hello moderators").await;
+    alice.until_texts("the accepted message", "#messages li", &["Alice Liddell hello moderators"]).await;
+    alice.send("cheap spam here").await;
+    alice.until_texts("the refusal", "#error", &["not sent: refused by the moderator"]).await;
+    assert_eq!(alice.messages().await, json!([[6, "Alice Liddell hello moderators"]]));
     assert!(app.stderr().is_empty(), "the app wrote to stderr:\n{}", app.stderr());
     server.stop().await;
 }

@@ -100,6 +100,7 @@ async fn run() -> Result<(), String> {
     let (mut result, mut stopping) = (Ok(()), false);
     loop {
         tokio::select! {
+            biased; // a Ctrl-C also reaches the app: hear it before noticing the app is gone
             () = &mut running => break,
             signal = signals.next() => {
                 if let Signal::Terminate = signal {
