@@ -127,7 +127,7 @@ def page(title, body):
   #notifications {{ list-style: none; padding: 0; font-size: 13px; }}
   #notifications li {{ background: #fff6d5; border-left: 3px solid #e0b400; padding: 4px 6px; margin-bottom: 4px; }}
   #status {{ font-size: 12px; color: #aaa; }} .error {{ color: #b00; font-size: 13px; }}
-  .login {{ max-width: 320px; margin: 60px auto; }} .login input {{ display: block; width: 100%; margin: 4px 0 10px; padding: 6px; }}
+  .login {{ max-width: 320px; margin: 60px auto; }} .login input {{ display: block; width: 100%; box-sizing: border-box; margin: 4px 0 10px; padding: 6px; }}
 </style></head><body>{body}</body></html>"""
 
 
