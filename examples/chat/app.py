@@ -94,7 +94,7 @@ def realtime_events(h):  # webhook: client publishes on room:moderated; the app 
     if not (SECRET and t.isdigit() and abs(time.time() - int(t)) < 300 and hmac.compare_digest(want.encode(), sig.get("v1", "").encode())):
         return h.reply(401, {"error": "bad signature"})
     ev = json.loads(body)
-    if ev.get("type") != "message":  # lifecycle events (not subscribed to in sidewire.yaml)
+    if not isinstance(ev, dict) or ev.get("type") != "message":  # lifecycle events (a list when batched)
         return h.reply(204)
     data, name = ev.get("data") if isinstance(ev.get("data"), dict) else {}, (ev.get("info") or {}).get("name", ev["user"])
     if ev.get("event") == "typing":  # pass it on to everyone but the typist
