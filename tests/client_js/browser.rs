@@ -212,6 +212,8 @@ impl Chromium {
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-proxy-server",
+                // The TLS tests serve a certificate made by the test (tests/support/tls.rs).
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
             .arg(url)
@@ -260,6 +262,11 @@ impl Page {
     pub fn open(origin: SocketAddr, reports: mpsc::Receiver<Value>, channels: &str, extra: &str) -> Self {
         let browser = Chromium::open(&format!("http://{origin}/?channels={channels}{extra}"));
         Self { browser, reports, seen: Vec::new(), taken: 0 }
+    }
+
+    /// Opens `url` (the app's [`PAGE`] with its query).
+    pub fn open_url(url: &str, reports: mpsc::Receiver<Value>) -> Self {
+        Self { browser: Chromium::open(url), reports, seen: Vec::new(), taken: 0 }
     }
 
     /// Opens [`ROOM_PAGE`] as page `page` (its reports must reach `reports`, queue `page`
