@@ -71,7 +71,7 @@ async fn main() -> std::io::Result<()> {
 
 /// Answers 101 (or the handshake's rejection, as sidewire does) and echoes on the upgrade.
 fn upgrade(mut req: Request<Incoming>, max: usize) -> Response<Body> {
-    let key = match frames::handshake_key(&req) {
+    let handshake = match frames::handshake(&req) {
         Ok(key) => key,
         Err(rejection) => return rejection.into_response(),
     };
@@ -82,7 +82,7 @@ fn upgrade(mut req: Request<Incoming>, max: usize) -> Response<Body> {
             Err(e) => eprintln!("upgrade: {e}"),
         }
     });
-    frames::accept(&key).map(|()| empty())
+    frames::accept(&handshake).map(|()| empty())
 }
 
 async fn echo(io: Upgraded, max: usize) {

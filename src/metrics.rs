@@ -27,6 +27,12 @@ pub struct VersionLabel {
     pub version: &'static str,
 }
 
+/// An HTTP version as ALPN names it: `http/1.1`, `h2`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
@@ -43,6 +49,7 @@ pub struct Metrics {
     transports: Family<TransportLabel, Gauge>,
     evictions: Family<KindLabel, Counter>,
     webhook_dropped: Family<KindLabel, Counter>,
+    websocket_handshakes: Family<ProtocolLabel, Counter>,
     /// Handed to the hub, which records into them directly.
     pub hub: crate::hub::HubStats,
     /// Handed to the redis broker.
@@ -166,6 +173,15 @@ impl Metrics {
         );
         let webhook_dropped = Family::<KindLabel, Counter>::default();
         registry.register("webhook_dropped", "Lifecycle webhook events dropped, by reason", webhook_dropped.clone());
+        let websocket_handshakes = Family::<ProtocolLabel, Counter>::default();
+        registry.register(
+            "websocket_handshakes",
+            "WebSocket handshakes accepted on realtime routes, by HTTP version (h2: RFC 8441)",
+            websocket_handshakes.clone(),
+        );
+        for protocol in ["http/1.1", "h2"] {
+            drop(websocket_handshakes.get_or_create(&ProtocolLabel { protocol }));
+        }
         for kind in UPSTREAM_ERROR_KINDS {
             drop(upstream_errors.get_or_create(&KindLabel { kind }));
         }
@@ -185,6 +201,7 @@ impl Metrics {
             transports,
             evictions,
             webhook_dropped,
+            websocket_handshakes,
             hub,
             broker,
         }
@@ -207,6 +224,11 @@ impl Metrics {
     /// Counts a connection closed by sidewire for `reason`.
     pub fn eviction(&self, reason: &'static str) {
         self.evictions.get_or_create(&KindLabel { kind: reason }).inc();
+    }
+
+    /// Counts a WebSocket handshake accepted over `protocol` (`http/1.1` or `h2`).
+    pub fn websocket_handshake(&self, protocol: &'static str) {
+        self.websocket_handshakes.get_or_create(&ProtocolLabel { protocol }).inc();
     }
 
     pub fn webhook_dropped(&self, reason: &'static str) {

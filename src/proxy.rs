@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -322,7 +322,9 @@ pub async fn forward(
     // The client's mistakes: answered here, never sent on, not counted as backend failures.
     check_framing(req.version(), req.uri(), req.headers())?;
     let upgrade = upgrade_protocol(&req);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    // An HTTP/2 WebSocket (RFC 8441) reaches the backend as the HTTP/1.1 upgrade it knows.
+    let connect = upgrade.is_none() && is_websocket_connect(&req);
+    let client_upgrade = (upgrade.is_some() || connect).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let host = request_host(&parts.uri, &parts.headers);
     let wants_trailers = te_trailers(&parts.headers);
@@ -334,6 +336,7 @@ pub async fn forward(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
+    let key = connect.then(|| websocket_get(&mut parts));
     if wants_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -347,6 +350,16 @@ pub async fn forward(
     let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
     let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
+        if let Some(key) = key {
+            check_accept(&res, &key)?;
+            let mut ok = tunnel(shutdown, client_upgrade, &mut res);
+            // RFC 8441 §5: the stream opens with a 2xx and no upgrade headers.
+            *ok.status_mut() = StatusCode::OK;
+            for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
+                ok.headers_mut().remove(name);
+            }
+            return Ok(ok);
+        }
         return Ok(tunnel(shutdown, client_upgrade, &mut res));
     }
     strip_hop_headers(res.headers_mut());
@@ -394,6 +407,37 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     req.headers().get(header::UPGRADE).cloned()
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
+fn is_websocket_connect<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_2
+        && req.method() == Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an RFC 8441 CONNECT into the RFC 6455 GET a backend expects, with a fresh key;
+/// returns the key so the backend's accept can be checked. The client's
+/// `Sec-WebSocket-Protocol` / `-Extensions` / `-Version` go through unchanged: the
+/// frames are spliced end to end, so what the two ends agree on holds.
+fn websocket_get(parts: &mut http::request::Parts) -> String {
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    parts.method = Method::GET;
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    key
+}
+
+/// A backend that answers 101 with the wrong accept key did not understand the request.
+fn check_accept(res: &Response<Incoming>, key: &str) -> Result<(), ProxyError> {
+    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    match res.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
+        Some(v) if v.as_bytes() == expected.as_bytes() => Ok(()),
+        _ => Err(ProxyError::BackendFailed("the backend's 101 carries a wrong Sec-WebSocket-Accept".into())),
+    }
 }
 
 /// Whether any `Connection` header lists `token`.

@@ -81,7 +81,11 @@ fn builder(state: &State) -> auto::Builder<Executor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(config.heartbeat.interval))
-        .keep_alive_timeout(config.heartbeat.timeout);
+        .keep_alive_timeout(config.heartbeat.timeout)
+        // RFC 8441: browsers open WebSockets on the page's own HTTP/2 connection (SETTINGS_
+        // ENABLE_CONNECT_PROTOCOL); realtime routes answer them, others are tunnelled to
+        // the backend as HTTP/1.1 upgrades (proxy::forward).
+        .enable_connect_protocol();
     b
 }
 

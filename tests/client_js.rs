@@ -219,6 +219,30 @@ async fn websocket_delivers_in_order_and_publishes() {
     assert_no_reset(&page);
 }
 
+/// Over TLS the page is served on HTTP/2, and the client's WebSocket opens as an extended
+/// CONNECT stream on that same connection (RFC 8441): one TLS connection in all.
+#[tokio::test]
+async fn websocket_shares_the_pages_http2_connection() {
+    use support::tls::{Cert, CertFiles};
+    let _one = ONE_BROWSER.lock().await;
+    support::install_crypto();
+    let (backend, reports) = browser::app().await;
+    let cert = Cert::new("sidewire test");
+    let files = CertFiles::new(&cert);
+    let server = server_for(&backend, &files.yaml("1h")).await;
+    let url = format!("https://localhost:{}/?channels=news", server.tls.unwrap().port());
+    let mut page = Page::open_url(&url, reports);
+    page.until_subscribed("websocket", &["news"]).await;
+    let id = publish_n(&server, "news", 1).await;
+    let got = page.messages(1).await;
+    assert_eq!(got[0]["id"], id.as_str(), "{}", page.failure("message over HTTP/2"));
+    let text = server.handle.metrics().encode();
+    let open = text.lines().find_map(|l| l.strip_prefix("sidewire_open_connections{listener=\"https\"} "));
+    let h2 = text.lines().find_map(|l| l.strip_prefix("sidewire_websocket_handshakes_total{protocol=\"h2\"} "));
+    assert_eq!((open, h2), (Some("1"), Some("1")), "{text}\n{}", page.failure("a WebSocket on the page's connection"));
+    assert_no_reset(&page);
+}
+
 #[tokio::test]
 async fn websocket_resumes_every_message_after_a_cut() {
     let _one = ONE_BROWSER.lock().await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::raw::{RawConn, header_values, status_of, within};
@@ -341,40 +341,9 @@ async fn expect_continue_gets_100_before_the_body() {
 
 // ── 7. WebSocket tunnel on a non-realtime path ──────────────────────────────────
 
-/// A backend that accepts any WebSocket upgrade and echoes every data message.
-async fn websocket_echo_backend() -> FakeBackend {
-    use tokio_tungstenite::WebSocketStream;
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    FakeBackend::start(|mut req: Request<Incoming>| {
-        let key = req.headers().get("sec-websocket-key").cloned();
-        let upgraded = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let io = TokioIo::new(upgraded.await.unwrap());
-            let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() || msg.is_binary() {
-                    ws.send(msg).await.unwrap();
-                }
-            }
-        });
-        let accept = derive_accept_key(key.unwrap().as_bytes());
-        async move {
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-accept", accept)
-                .body(full(""))
-                .unwrap()
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled() {
-    let backend = websocket_echo_backend().await;
+    let backend = FakeBackend::websocket_echo().await;
     let server = TestServer::start(&backend_yaml(&backend)).await;
     let url = format!("ws://{}/app/socket", server.public);
     let (mut ws, res) = within("the WebSocket handshake", tokio_tungstenite::connect_async(url)).await.unwrap();

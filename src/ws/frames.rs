@@ -54,32 +54,60 @@ fn bad(message: &str) -> Rejection {
     Rejection::json(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// Checks RFC 6455 §4.2.1 and returns the client's key.
-pub fn handshake_key<B>(req: &Request<B>) -> Result<String, Rejection> {
+/// How a client opened its WebSocket: the answer differs, the frames after it do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// HTTP/1.1 `GET` + `Upgrade: websocket` (RFC 6455 §4.2.1), answered 101 with the
+    /// accept key derived from this client key.
+    Upgrade(String),
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441 §4), answered 200 on
+    /// the same stream; HTTP/2 framing replaces the key.
+    Connect,
+}
+
+/// Checks RFC 6455 §4.2.1 (HTTP/1.1) or RFC 8441 §5 (HTTP/2) and says which it was.
+pub fn handshake<B>(req: &Request<B>) -> Result<Handshake, Rejection> {
     let h = req.headers();
-    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
-        return Err(bad("a WebSocket handshake is an HTTP/1.1 GET"));
-    }
-    let is_ws =
-        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_ws || !connection_has(h, "upgrade") {
-        return Err(bad("this endpoint needs a WebSocket upgrade"));
-    }
+    let key = match req.version() {
+        Version::HTTP_11 if req.method() == Method::GET => {
+            let is_ws = h
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if !is_ws || !connection_has(h, "upgrade") {
+                return Err(bad("this endpoint needs a WebSocket upgrade"));
+            }
+            Some(h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("").trim())
+        }
+        Version::HTTP_2 if req.method() == Method::CONNECT => {
+            let protocol = req.extensions().get::<hyper::ext::Protocol>();
+            if !protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket")) {
+                return Err(bad("an HTTP/2 WebSocket is an extended CONNECT with :protocol websocket"));
+            }
+            None
+        }
+        _ => return Err(bad("a WebSocket handshake is an HTTP/1.1 GET or an HTTP/2 extended CONNECT")),
+    };
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         let mut r = Rejection::json(StatusCode::UPGRADE_REQUIRED, "bad_request", "Sec-WebSocket-Version must be 13");
         r.headers.push((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
         return Err(r);
     }
-    let key = h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
-    if key.len() != 24 || !key.ends_with("==") {
-        return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
+    match key {
+        None => Ok(Handshake::Connect),
+        Some(key) if key.len() == 24 && key.ends_with("==") => Ok(Handshake::Upgrade(key.to_owned())),
+        Some(_) => Err(bad("Sec-WebSocket-Key must be 16 bytes in base64")),
     }
-    Ok(key.to_owned())
 }
 
-/// The 101 for a handshake whose key [`handshake_key`] accepted; the caller adds a body.
-pub fn accept(key: &str) -> Response<()> {
+/// The answer to a handshake [`handshake`] accepted (101 or 200); the caller adds an
+/// empty body.
+pub fn accept(handshake: &Handshake) -> Response<()> {
     let mut res = Response::new(());
+    let Handshake::Upgrade(key) = handshake else {
+        // RFC 8441 §5: a 2xx opens the stream; no Upgrade, Connection or accept key.
+        return res;
+    };
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -51,7 +51,8 @@ const MAX_PENDING_WEBHOOKS: usize = 16;
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 type Expiry = Pin<Box<dyn Future<Output = Result<Arc<Identity>, AuthError>> + Send>>;
 
-/// Validates the handshake, checks origin and limits, and answers 101.
+/// Validates the handshake (HTTP/1.1 upgrade or HTTP/2 extended CONNECT), checks origin
+/// and limits, and answers 101 (or 200 on HTTP/2).
 pub fn upgrade(
     state: &Arc<Realtime>,
     config: &Arc<Config>,
@@ -60,7 +61,7 @@ pub fn upgrade(
     peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
-    let key = frames::handshake_key(&req)?;
+    let handshake = frames::handshake(&req)?;
     identity::check_origin(config, &req, peer.tls)?;
     let query = router::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
@@ -80,7 +81,9 @@ pub fn upgrade(
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    Ok(frames::accept(&key).map(|()| empty()))
+    let protocol = if handshake == frames::Handshake::Connect { "h2" } else { "http/1.1" };
+    state.metrics.websocket_handshake(protocol);
+    Ok(frames::accept(&handshake).map(|()| empty()))
 }
 
 /// What the session task takes from the handshake.

@@ -201,6 +201,11 @@ impl Page {
         Self { browser, reports, seen: Vec::new(), taken: 0 }
     }
 
+    /// Opens `url` (the app's [`PAGE`] with its query).
+    pub fn open_url(url: &str, reports: mpsc::Receiver<Value>) -> Self {
+        Self { browser: Chromium::open(url), reports, seen: Vec::new(), taken: 0 }
+    }
+
     /// Opens [`ROOM_PAGE`] as page `page` (its reports must reach `reports`, queue `page`
     /// of [`app_for`]) for `user` on `channel`; `extra` is more query (`&echo=0`).
     pub fn room(

@@ -56,6 +56,8 @@ impl Chromium {
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-proxy-server",
+                // The TLS tests serve a certificate made by the test (tests/support/tls.rs).
+                "--ignore-certificate-errors",
             ])
             .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))

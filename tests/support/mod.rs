@@ -105,6 +105,38 @@ impl FakeBackend {
         .await
     }
 
+    /// Accepts any WebSocket upgrade and echoes every data message.
+    pub async fn websocket_echo() -> Self {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        Self::start(|mut req: Request<Incoming>| {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let upgraded = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let io = TokioIo::new(upgraded.await.unwrap());
+                let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+            let accept = derive_accept_key(key.unwrap().as_bytes());
+            async move {
+                Response::builder()
+                    .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-accept", accept)
+                    .body(full(""))
+                    .unwrap()
+            }
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
