@@ -122,7 +122,7 @@ async fn reload(handle: &sidewire::Handle, path: &std::path::Path) {
             Err(e) => tracing::warn!(problem = %e, "config reload refused; keeping the running config"),
         },
         Err(e) => {
-            handle.metrics().reload("config_invalid");
+            handle.metrics().reload("config", "invalid");
             tracing::warn!(problems = %e, "config reload refused; keeping the running config")
         }
     }

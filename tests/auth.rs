@@ -468,7 +468,7 @@ async fn backend_down_cached_credentials_still_connect() {
     // The backend goes away (a fresh pool, pointed where nothing listens).
     let down = format!("http://{}", dead_addr().await);
     server.handle.reload(support::config(&yaml(&down, "", ""))).await.unwrap();
-    let unreachable = r#"sidewire_upstream_errors_total{kind="connect"}"#;
+    let unreachable = r#"sidewire_upstream_errors_total{reason="connect"}"#;
     let before = metric(&metrics(&server).await, unreachable);
 
     assert_eq!(ws_user(&server, "/ws?token=tok-a", &[]).await, "alice");

@@ -61,10 +61,13 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let key = frames::handshake_key(&req)?;
-    identity::check_origin(config, &req, peer.tls)?;
+    identity::check_origin(config, &req, peer.tls).inspect_err(|_| state.metrics.refused("websocket", "origin"))?;
     let query = router::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
-    let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
+    let admission = state
+        .limits
+        .admit(peer.addr.ip(), &config.limits)
+        .inspect_err(|_| state.metrics.refused("websocket", "limit"))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = Context {
         state: Arc::clone(state),
@@ -173,7 +176,10 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
     let identity = match Box::pin(ctx.state.auth.identify(&ctx.state.backend, ctx.cred.as_ref(), ask)).await {
         Ok(id) => id,
-        Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
+        Err(e) => {
+            ctx.state.metrics.refused("websocket", e.refusal());
+            return frames::close(&mut ws, e.close_code(), e.reason()).await;
+        }
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
     let shutdown = ctx.state.shutdown.token().clone();
