@@ -167,9 +167,11 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const WEBHOOK_DROP_REASONS: [&str; 4] = ["queue_full", "rejected", "expired", "shutdown"];
 const LISTENERS: [&str; 3] = ["public", "tls", "admin"];
 pub const TRANSPORTS: [&str; 3] = ["websocket", "sse", "longpoll"];
-/// Every reason sidewire closes an admitted realtime connection (`ErrorClose::why` too).
-const EVICTION_REASONS: [&str; 6] =
-    ["slow_consumer", "heartbeat_timeout", "rate_limit", "too_large", "invalid_utf8", "protocol_error"];
+/// Every reason sidewire closes an admitted realtime connection (`ErrorClose::why` too);
+/// `auth_revoked`: the re-check at the end of an auth TTL refused the client or one of
+/// its channels.
+const EVICTION_REASONS: [&str; 7] =
+    ["slow_consumer", "heartbeat_timeout", "rate_limit", "too_large", "invalid_utf8", "protocol_error", "auth_revoked"];
 /// Reloads: (subject, outcome).
 const RELOADS: [(&str, &str); 5] =
     [("config", "ok"), ("config", "refused"), ("config", "invalid"), ("tls", "ok"), ("tls", "failed")];

@@ -95,6 +95,7 @@ async fn every_family_is_documented_precreated_and_uses_known_labels() {
         r#"sidewire_webhook_errors_total{webhook="message",reason="timeout"}"#.into(),
         r#"sidewire_evictions_total{reason="heartbeat_timeout"}"#.into(),
         r#"sidewire_evictions_total{reason="protocol_error"}"#.into(),
+        r#"sidewire_evictions_total{reason="auth_revoked"}"#.into(),
         r#"sidewire_reloads_total{subject="config",outcome="refused"}"#.into(),
         r#"sidewire_reloads_total{subject="tls",outcome="failed"}"#.into(),
         r#"sidewire_realtime_connections{transport="sse"}"#.into(),

@@ -290,9 +290,14 @@ impl Conn {
 
     /// The identity's TTL ended: keep going with the fresh answer, or close 4002/4003.
     fn on_expiry(&mut self, verdict: Result<Arc<Identity>, AuthError>) -> Result<(), End> {
-        let identity = verdict.map_err(|e| End::Close(e.close_code(), e.reason()))?;
+        let metrics = &self.ctx.state.metrics;
+        let identity = verdict.map_err(|e| {
+            metrics.eviction("auth_revoked");
+            End::Close(e.close_code(), e.reason())
+        })?;
         let config = self.ctx.state.config.load();
         if self.session.channels.iter().any(|c| policy::authorize(&config, &identity, c).is_err()) {
+            metrics.eviction("auth_revoked");
             return Err(End::Close(close_code::FORBIDDEN, "Forbidden"));
         }
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));
