@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text by the admin listener.
 //!
 //! Owns: the registry and every metric family. Recording is lock-free (atomics inside
-//! prometheus-client); only encoding takes the registry.
+//! prometheus-client); only encoding takes the registry. `process_*` come from a
+//! collector (`metrics/process.rs`) that reads `/proc/self` on each scrape.
 
 use std::time::Duration;
 
@@ -332,7 +333,9 @@ impl Metrics {
             drop(reloads.get_or_create(&ReloadLabel { subject, outcome }));
         }
         for transport in TRANSPORTS {
-            for reason in REFUSAL_REASONS {
+            // A WebSocket's channels are refused per `subscribe`, never its connection.
+            let reasons = REFUSAL_REASONS.into_iter().filter(|r| transport != "websocket" || *r != "channel");
+            for reason in reasons {
                 drop(refused.get_or_create(&RefusedLabel { transport, reason }));
             }
         }

@@ -106,6 +106,7 @@ async fn every_family_is_documented_precreated_and_uses_known_labels() {
         assert!(text.lines().any(|l| l == format!("{series} 0")), "{series} is not pre-created at 0:\n{text}");
     }
     assert!(!text.contains("connection_limit"), "refusals are not evictions");
+    assert!(!text.contains(&refused("websocket", "channel")), "WebSocket channels are refused per subscribe");
 
     if cfg!(target_os = "linux") {
         assert!(metric(&text, "process_resident_memory_bytes") > 1e6, "{text}");
