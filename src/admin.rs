@@ -36,7 +36,7 @@ pub async fn handle(state: &Admin, req: Request<Incoming>) -> Response<Body> {
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
-        (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode())),
+        (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.scrape().await)),
         (&Method::POST, "/publish") => publish(state, &config, req).await,
         (&Method::GET, "/channels") => channels(state, &config, &req),
         (&Method::GET, "/presence") => presence(state, &config, &req).await,

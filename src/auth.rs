@@ -76,6 +76,14 @@ impl AuthError {
         }
     }
 
+    /// The `reason` of `sidewire_connections_refused_total` for this refusal.
+    pub fn refusal(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "auth_unavailable",
+            _ => "auth",
+        }
+    }
+
     /// Close reason text (short, fixed: never echoes backend text to clients).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -223,7 +231,15 @@ impl Auth {
             return if config.auth.anonymous { Ok(Arc::new(Identity::anonymous())) } else { Err(AuthError::Missing) };
         };
         let cell = self.cell(cred.key);
-        let outcome = cell.get_or_init(|| ask_backend(backend, &config.auth, cred, req)).await.clone();
+        let mut asked = false;
+        let ask = || {
+            asked = true;
+            ask_backend(backend, &config.auth, cred, req)
+        };
+        let outcome = cell.get_or_init(ask).await.clone();
+        let stats = &backend.metrics.auth;
+        let counter = if asked { &stats.cache_misses } else { &stats.cache_hits };
+        counter.inc();
         match outcome {
             Outcome::Allowed(id) => Ok(id),
             Outcome::Denied(e, _) => Err(e),
@@ -295,8 +311,22 @@ fn expired(outcome: &Outcome, now: Instant) -> bool {
     }
 }
 
-/// One backend auth call, mapped to an outcome.
+/// One backend auth call, mapped to an outcome; counted and timed by its outcome label.
 async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req: AuthRequest<'_>) -> Outcome {
+    let started = std::time::Instant::now();
+    let (outcome, label) = call_backend(backend, cfg, cred, req).await;
+    backend.metrics.auth.call(label, started.elapsed());
+    outcome
+}
+
+/// The auth call itself: the outcome, and its label in `sidewire_auth_calls_total`
+/// (`metrics::AUTH_OUTCOMES`).
+async fn call_backend(
+    backend: &Backend,
+    cfg: &AuthConfig,
+    cred: &Credential,
+    req: AuthRequest<'_>,
+) -> (Outcome, &'static str) {
     let proxy = backend.pool();
     let body = serde_json::json!({
         "token": cred.token,
@@ -306,7 +336,7 @@ async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req
     });
     let uri = match proxy.target(&cfg.endpoint) {
         Ok(u) => u,
-        Err(e) => return Outcome::Failed(AuthError::Unavailable(e.to_string())),
+        Err(e) => return (Outcome::Failed(AuthError::Unavailable(e.to_string())), "error"),
     };
     let url = uri.to_string();
     let mut call = Request::new(full(body.to_string()));
@@ -327,18 +357,19 @@ async fn ask_backend(backend: &Backend, cfg: &AuthConfig, cred: &Credential, req
         Err(e) => {
             tracing::warn!(%url, error = %e,
                 "auth call failed: is the app listening at backend.url, and does it serve POST auth.endpoint?");
-            return Outcome::Failed(AuthError::Unavailable(e.to_string()));
+            let label = if e.kind() == "timeout" { "timeout" } else { "error" };
+            return (Outcome::Failed(AuthError::Unavailable(e.to_string())), label);
         }
     };
     let now = Instant::now();
     match res.status() {
         StatusCode::OK => parse_answer(res, cfg, now, &url).await,
-        StatusCode::UNAUTHORIZED => Outcome::Denied(AuthError::Invalid, now + cfg.negative_ttl),
-        StatusCode::FORBIDDEN => Outcome::Denied(AuthError::Forbidden, now + cfg.negative_ttl),
+        StatusCode::UNAUTHORIZED => (Outcome::Denied(AuthError::Invalid, now + cfg.negative_ttl), "unauthorized"),
+        StatusCode::FORBIDDEN => (Outcome::Denied(AuthError::Forbidden, now + cfg.negative_ttl), "forbidden"),
         other => {
             tracing::warn!(%url, status = other.as_u16(),
                 "auth endpoint answered an unexpected status (expected 200 with JSON, 401 or 403)");
-            Outcome::Failed(AuthError::Unavailable(format!("auth endpoint answered {other}")))
+            (Outcome::Failed(AuthError::Unavailable(format!("auth endpoint answered {other}"))), "bad_answer")
         }
     }
 }
@@ -348,11 +379,11 @@ async fn parse_answer(
     cfg: &AuthConfig,
     now: Instant,
     url: &str,
-) -> Outcome {
+) -> (Outcome, &'static str) {
     let bytes: Bytes = match Limited::new(res.into_body(), MAX_ANSWER).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            return Outcome::Failed(AuthError::Unavailable(format!("reading the auth answer: {e}")));
+            return (Outcome::Failed(AuthError::Unavailable(format!("reading the auth answer: {e}"))), "error");
         }
     };
     let answer: Answer = match serde_json::from_slice(&bytes) {
@@ -360,7 +391,7 @@ async fn parse_answer(
         Err(e) => {
             tracing::warn!(%url, error = %e,
                 "auth endpoint answered 200 with an invalid body (expected {{\"user\": ..., \"channels\": [...]}})");
-            return Outcome::Failed(AuthError::Unavailable(format!("invalid auth answer: {e}")));
+            return (Outcome::Failed(AuthError::Unavailable(format!("invalid auth answer: {e}"))), "bad_answer");
         }
     };
     let patterns = answer
@@ -376,12 +407,8 @@ async fn parse_answer(
         .collect();
     // Capped: `now + ttl` panics on overflow, and the ttl is the backend's input.
     let ttl = answer.ttl.map_or(cfg.cache_ttl, Duration::from_secs).min(MAX_TTL);
-    Outcome::Allowed(Arc::new(Identity {
-        user: Some(answer.user),
-        patterns,
-        info: answer.info,
-        expires: Some(now + ttl),
-    }))
+    let identity = Identity { user: Some(answer.user), patterns, info: answer.info, expires: Some(now + ttl) };
+    (Outcome::Allowed(Arc::new(identity)), "ok")
 }
 
 /// How long an open connection keeps its identity when a re-check cannot reach the

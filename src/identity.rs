@@ -55,9 +55,14 @@ pub async fn identify(
     peer: crate::proxy::Peer,
     ask: AuthRequest<'_>,
 ) -> Result<(Option<Credential>, Arc<Identity>), Rejection> {
-    check_origin(config, req, peer.tls)?;
+    let transport = ask.transport;
+    check_origin(config, req, peer.tls).inspect_err(|_| state.metrics.refused(transport, "origin"))?;
     let cred = auth::credential(&config.auth, req.headers(), query, peer);
-    let identity = state.auth.identify(&state.backend, cred.as_ref(), ask).await?;
+    let identity = state
+        .auth
+        .identify(&state.backend, cred.as_ref(), ask)
+        .await
+        .inspect_err(|e| state.metrics.refused(transport, e.refusal()))?;
     Ok((cred, identity))
 }
 
@@ -89,7 +94,11 @@ pub async fn stream_request(
     let channels = requested_channels(target.route, target.params, target.query);
     let ask = AuthRequest { transport: target.transport, path: req.uri().path(), channels };
     let (cred, identity) = identify(state, config, req, target.query, peer, ask).await?;
-    let channels = stream_channels(config, target.route, target.params, target.query, &identity)?;
+    let channels = stream_channels(config, target.route, target.params, target.query, &identity).inspect_err(|e| {
+        if e.status == StatusCode::FORBIDDEN {
+            state.metrics.refused(target.transport, "channel");
+        }
+    })?;
     Ok(StreamRequest { cred, identity, channels })
 }
 

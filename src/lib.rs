@@ -242,7 +242,7 @@ impl Handle {
         // The admin listener stays bound where it is: the secret rule applies to that
         // address, not to the one the new file names.
         if new.admin.secret.is_none() && !old.admin.listen.ip().is_loopback() {
-            state.metrics.reload("config_refused");
+            state.metrics.reload("config", "refused");
             return Err(format!(
                 "admin.secret: required while the admin listener is bound to {} (not loopback)",
                 old.admin.listen
@@ -268,7 +268,7 @@ impl Handle {
         let l = &new.limits;
         state.admin.broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
         state.config.store(Arc::new(new));
-        state.metrics.reload("config_ok");
+        state.metrics.reload("config", "ok");
         Ok(restart)
     }
 

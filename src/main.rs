@@ -64,10 +64,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        for w in config.warnings() {
+            eprintln!("{}: warning: {w}", cli.config.display());
+        }
         let _ = writeln!(std::io::stdout(), "{}: OK", cli.config.display());
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.log_format);
+    log_warnings(&config);
     // This thread runs the admin listener and background tasks; `App::bind` readies one
     // serving thread per core (`workers`) for the public listeners, `App::run` starts them.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -117,14 +121,24 @@ async fn run(path: PathBuf, config: Config) -> ExitCode {
 
 async fn reload(handle: &sidewire::Handle, path: &std::path::Path) {
     match Config::load(path, &env) {
-        Ok(new) => match handle.reload(new).await {
-            Ok(restart) => tracing::info!(restart_required = ?restart, "config reloaded"),
-            Err(e) => tracing::warn!(problem = %e, "config reload refused; keeping the running config"),
-        },
+        Ok(new) => {
+            log_warnings(&new);
+            match handle.reload(new).await {
+                Ok(restart) => tracing::info!(restart_required = ?restart, "config reloaded"),
+                Err(e) => tracing::warn!(problem = %e, "config reload refused; keeping the running config"),
+            }
+        }
         Err(e) => {
-            handle.metrics().reload("config_invalid");
+            handle.metrics().reload("config", "invalid");
             tracing::warn!(problems = %e, "config reload refused; keeping the running config")
         }
+    }
+}
+
+/// Logs what `--check` warns about (valid, but surely not meant).
+fn log_warnings(config: &Config) {
+    for w in config.warnings() {
+        tracing::warn!(problem = %w, "config warning");
     }
 }
 

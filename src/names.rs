@@ -84,6 +84,13 @@ impl ChannelPattern {
     pub fn matches(&self, name: &str) -> bool {
         glob(self.0.as_bytes(), name.as_bytes())
     }
+
+    /// Whether every name `other` matches, `self` matches too (so a rule for `other`
+    /// after one for `self` is never used). `other` is matched as text: a literal of
+    /// `self` never matches its `*`, while a `*` of `self` matches anything, `*` included.
+    pub fn covers(&self, other: &ChannelPattern) -> bool {
+        glob(self.0.as_bytes(), other.0.as_bytes())
+    }
 }
 
 impl fmt::Debug for ChannelPattern {
@@ -140,5 +147,20 @@ mod tests {
         assert!(p("user:alice").matches("user:alice"));
         assert!(!p("user:alice").matches("user:alice2"));
         assert!(p("*:x").matches("a:b:x"));
+    }
+
+    #[test]
+    fn coverage() {
+        let p = |s| ChannelPattern::new(s).unwrap();
+        assert!(p("*").covers(&p("room:*")));
+        assert!(p("room:*").covers(&p("room:*")));
+        assert!(p("room:*").covers(&p("room:lobby")));
+        assert!(p("room:*").covers(&p("room:*:typing")));
+        assert!(p("*:typing").covers(&p("room:*:typing")));
+        assert!(!p("room:*").covers(&p("*")));
+        assert!(!p("room:lobby").covers(&p("room:*")));
+        assert!(!p("room:*:typing").covers(&p("room:*")));
+        assert!(!p("user:*").covers(&p("room:*")));
+        assert!(!p("room:a*").covers(&p("room:*")));
     }
 }

@@ -143,7 +143,7 @@ impl Connection {
                 ) {
                     Ok(slot) => Some(slot),
                     Err(e) => {
-                        state.metrics.eviction("connection_limit");
+                        state.metrics.refused("tcp", "limit");
                         return tracing::debug!(reason = %e, "connection refused: limits.max_open_connections");
                     }
                 }

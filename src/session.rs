@@ -35,6 +35,15 @@ pub struct Session {
     _gauge: ConnectionGuard,
 }
 
+/// The `transport` label of a transport's metrics.
+pub fn transport_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::WebSocket => "websocket",
+        Transport::Sse => "sse",
+        Transport::LongPoll => "longpoll",
+    }
+}
+
 impl Session {
     /// Admits a connection from `ip` (limits) for `transport`.
     pub fn admit(
@@ -44,7 +53,9 @@ impl Session {
         transport: Transport,
         identity: Arc<Identity>,
     ) -> Result<Self, Refused> {
-        let admission = state.limits.admit(ip, &config.limits)?;
+        let admission = state.limits.admit(ip, &config.limits).inspect_err(|_| {
+            state.metrics.refused(transport_label(transport), "limit");
+        })?;
         Ok(Self::with_admission(state, admission, transport, identity))
     }
 
@@ -56,11 +67,7 @@ impl Session {
         transport: Transport,
         identity: Arc<Identity>,
     ) -> Self {
-        let label = match transport {
-            Transport::WebSocket => "websocket",
-            Transport::Sse => "sse",
-            Transport::LongPoll => "longpoll",
-        };
+        let label = transport_label(transport);
         // A long-poll is one request of a client that comes back; as a presence it would
         // broadcast a `join` and a `leave` to the whole channel on every poll.
         let member = identity

@@ -206,7 +206,10 @@ impl EventStream {
                     self.stream.session.identity = Arc::clone(&identity);
                     self.expiry = self.recheck.arm(identity);
                 }
-                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Ready(_) => {
+                    self.recheck.state.metrics.eviction("auth_revoked");
+                    return Poll::Ready(());
+                }
             }
         }
         Poll::Pending

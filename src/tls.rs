@@ -112,11 +112,11 @@ impl Tls {
     pub async fn reload_and_log(&self, metrics: &Metrics, why: &'static str) {
         match self.reload().await {
             Ok(()) => {
-                metrics.reload("tls_ok");
+                metrics.reload("tls", "ok");
                 tracing::info!(trigger = why, "TLS certificate reloaded");
             }
             Err(e) => {
-                metrics.reload("tls_failed");
+                metrics.reload("tls", "failed");
                 tracing::warn!(trigger = why, error = %e, "TLS certificate reload failed; keeping the previous certificate");
             }
         }

@@ -61,16 +61,29 @@ pub enum Reply {
     Failed(String),
 }
 
-/// POSTs `body` (an event object or array) signed to `webhooks.endpoint`.
-pub async fn post(backend: &Backend, body: &Value) -> Reply {
+/// POSTs `body` (an event object or array) signed to `webhooks.endpoint`; timed and
+/// counted as `webhook` (`message` or `lifecycle`) in the webhook metrics.
+pub async fn post(backend: &Backend, webhook: &'static str, body: &Value) -> Reply {
+    let started = std::time::Instant::now();
+    let (reply, error) = send(backend, body).await;
+    match error {
+        // Nothing was sent: no latency to record.
+        Some("unconfigured") => backend.metrics.webhook_error(webhook, "unconfigured"),
+        error => backend.metrics.webhook(webhook, started.elapsed(), error),
+    }
+    reply
+}
+
+/// One webhook POST: the reply, and the reason it failed (`metrics::WEBHOOK_ERROR_REASONS`).
+async fn send(backend: &Backend, body: &Value) -> (Reply, Option<&'static str>) {
     let config = backend.config.load_full();
     let Some(secret) = &config.webhooks.secret else {
-        return Reply::Failed("webhooks.secret is not set".into());
+        return (Reply::Failed("webhooks.secret is not set".into()), Some("unconfigured"));
     };
     let proxy = backend.pool();
     let uri = match proxy.target(&config.webhooks.endpoint) {
         Ok(u) => u,
-        Err(e) => return Reply::Failed(e.to_string()),
+        Err(e) => return (Reply::Failed(e.to_string()), Some("failed")),
     };
     let text = body.to_string();
     let sig = signature(secret, now_unix(), text.as_bytes());
@@ -83,25 +96,32 @@ pub async fn post(backend: &Backend, body: &Value) -> Reply {
     }
     let res = match proxy.send(req, &backend.metrics).await {
         Ok(r) => r,
-        Err(e) => return Reply::Failed(e.to_string()),
+        Err(e) => {
+            let reason = match e.kind() {
+                "timeout" => "timeout",
+                "connect" => "connect",
+                _ => "failed",
+            };
+            return (Reply::Failed(e.to_string()), Some(reason));
+        }
     };
     let status = res.status();
     if status.is_client_error() {
-        return Reply::Rejected(status);
+        return (Reply::Rejected(status), Some("rejected"));
     }
     if !status.is_success() {
-        return Reply::Failed(format!("webhook answered {status}"));
+        return (Reply::Failed(format!("webhook answered {status}")), Some("status"));
     }
     let bytes: Bytes = match Limited::new(res.into_body(), MAX_ANSWER).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(e) => return Reply::Failed(format!("reading the webhook answer: {e}")),
+        Err(e) => return (Reply::Failed(format!("reading the webhook answer: {e}")), Some("failed")),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Reply::Accepted(Value::Null);
+        return (Reply::Accepted(Value::Null), None);
     }
     match serde_json::from_slice(&bytes) {
-        Ok(v) => Reply::Accepted(v),
-        Err(e) => Reply::Failed(format!("invalid webhook answer: {e}")),
+        Ok(v) => (Reply::Accepted(v), None),
+        Err(e) => (Reply::Failed(format!("invalid webhook answer: {e}")), Some("bad_answer")),
     }
 }
 
@@ -242,7 +262,7 @@ async fn deliver(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match post(backend, body).await {
+        match post(backend, "lifecycle", body).await {
             Reply::Accepted(_) => return Ok(()),
             Reply::Rejected(status) => {
                 tracing::warn!(status = status.as_u16(), "backend refused lifecycle events; dropped");

@@ -49,12 +49,12 @@ async fn metrics_are_prometheus_text() {
     // This very scrape arrives on an open admin connection.
     assert!(text.contains("sidewire_open_connections{listener=\"admin\"} 1"), "{text}");
     // Series exist from startup, so a rate over them is 0, not "no data".
-    assert!(text.contains("sidewire_upstream_errors_total{kind=\"connect\"} 0"), "{text}");
+    assert!(text.contains("sidewire_upstream_errors_total{reason=\"connect\"} 0"), "{text}");
     assert!(text.contains("sidewire_requests_total{class=\"5xx\"} 0"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
 
     let down_text = client.get(down.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(down_text.contains("sidewire_upstream_errors_total{kind=\"connect\"} 1"), "{down_text}");
+    assert!(down_text.contains("sidewire_upstream_errors_total{reason=\"connect\"} 1"), "{down_text}");
     assert!(down_text.contains("sidewire_requests_total{class=\"5xx\"} 1"), "{down_text}");
     server.stop().await;
     down.stop().await;

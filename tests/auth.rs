@@ -405,6 +405,8 @@ async fn expired_answers_are_checked_again_and_revoked_connections_closed() {
     assert_eq!(ws.expect_close().await, (4002, "Invalid token".to_owned()));
     assert!(sse.rest().await.iter().all(|b| !b.contains("data:")), "the SSE stream ends");
     assert!(backend.auth_count() >= 2);
+    let revoked = metric(&metrics(&server).await, r#"sidewire_evictions_total{reason="auth_revoked"}"#);
+    assert_eq!(revoked, 2.0, "the WebSocket and the SSE stream");
     server.stop().await;
 }
 
@@ -419,6 +421,8 @@ async fn a_recheck_that_narrows_the_channels_closes_4003() {
     backend.set("tok-n", Verdict::Allow(json!({ "user": "nina", "channels": ["room:2"], "ttl": 1 })));
     assert_eq!(ws.expect_close().await, (4003, "Forbidden".to_owned()));
     assert!(sse.rest().await.iter().all(|b| !b.contains("data:")), "the SSE stream ends");
+    let revoked = metric(&metrics(&server).await, r#"sidewire_evictions_total{reason="auth_revoked"}"#);
+    assert_eq!(revoked, 2.0, "the WebSocket and the SSE stream");
     server.stop().await;
 }
 
@@ -468,7 +472,7 @@ async fn backend_down_cached_credentials_still_connect() {
     // The backend goes away (a fresh pool, pointed where nothing listens).
     let down = format!("http://{}", dead_addr().await);
     server.handle.reload(support::config(&yaml(&down, "", ""))).await.unwrap();
-    let unreachable = r#"sidewire_upstream_errors_total{kind="connect"}"#;
+    let unreachable = r#"sidewire_upstream_errors_total{reason="connect"}"#;
     let before = metric(&metrics(&server).await, unreachable);
 
     assert_eq!(ws_user(&server, "/ws?token=tok-a", &[]).await, "alice");

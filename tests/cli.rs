@@ -543,3 +543,36 @@ async fn a_session_end_logs_one_line() {
     sw.signal("TERM");
     assert_eq!(sw.wait_exit().await.code(), Some(0));
 }
+
+/// A channel rule covered by an earlier `match` (so never used) is a warning: `--check`
+/// prints it to stderr and still exits 0; startup and SIGHUP reloads log it.
+#[tokio::test]
+async fn shadowed_channel_rules_are_warned_about() {
+    let shadowed = |later: &str| {
+        format!(
+            "{}channels:\n  - {{ match: \"*\", public: true }}\n  - {{ match: \"{later}\", presence: true }}\n",
+            base_yaml("http://127.0.0.1:3000", "1s")
+        )
+    };
+    let file = ConfigFile::new(&shadowed("room:*"));
+    let out = check(&file.path, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: channels[1].match: \"room:*\" is never used"), "{stderr}");
+    assert!(stderr.contains("channels[0] (\"*\")"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let clean = ConfigFile::new(&base_yaml("http://127.0.0.1:3000", "1s"));
+    assert_eq!(String::from_utf8_lossy(&check(&clean.path, &[]).stderr), "");
+
+    let mut sw = Sidewire::start(&file.path, &[]).await;
+    let line = sw.wait_line(|l| l.contains("config warning")).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert!(line.contains("room:*"), "{line}");
+    file.write(&shadowed("user:*"));
+    sw.signal("HUP");
+    sw.wait_line(|l| l.contains("config warning") && l.contains("user:*")).await;
+    sw.wait_line(|l| l.contains("config reloaded")).await;
+    sw.signal("TERM");
+    assert_eq!(sw.wait_exit().await.code(), Some(0));
+}

@@ -281,7 +281,7 @@ async fn slow_websocket_consumer_is_dropped_and_nobody_else_notices() {
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
-    wait_metric(&server, "sidewire_evictions_total{kind=\"slow_consumer\"}", |v| v >= 1.0).await;
+    wait_metric(&server, "sidewire_evictions_total{reason=\"slow_consumer\"}", |v| v >= 1.0).await;
     // Dropped means dropped now, while it still reads nothing: not at its next read,
     // nor at the heartbeat timeout. The fast readers have all hung up by now.
     wait_metric(&server, &conns("websocket"), |v| v == 0.0).await;
@@ -305,7 +305,7 @@ async fn stalled_sse_reader_stream_ends() {
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
-    wait_metric(&server, "sidewire_evictions_total{kind=\"slow_consumer\"}", |v| v >= 1.0).await;
+    wait_metric(&server, "sidewire_evictions_total{reason=\"slow_consumer\"}", |v| v >= 1.0).await;
 
     // The eviction closes the stalled connection at once (server::Abort), before the
     // client reads anything: its slot is free while its socket is still full.
@@ -469,7 +469,7 @@ async fn an_sse_stream_whose_writes_stall_is_closed_and_freed() {
         publish_ok(&http(), &server, "feed", json!(big)).await;
     }
     wait_metric(&server, &conns("sse"), |v| v == 0.0).await;
-    assert_eq!(metric(&metrics(&server).await, "sidewire_evictions_total{kind=\"slow_consumer\"}"), 0.0);
+    assert_eq!(metric(&metrics(&server).await, "sidewire_evictions_total{reason=\"slow_consumer\"}"), 0.0);
     drop(stalled);
     server.stop().await;
 }

@@ -368,10 +368,10 @@ async fn websocket_upgrade_is_tunnelled() {
 
 // ── 8. 502 / 504 and their metrics ──────────────────────────────────────────────
 
-/// The value of `sidewire_upstream_errors_total{kind="…"}` on the admin listener.
+/// The value of `sidewire_upstream_errors_total{reason="…"}` on the admin listener.
 async fn upstream_errors(server: &TestServer, kind: &str) -> u64 {
     let text = text(send(http().get(server.admin_url("/metrics"))).await).await;
-    let prefix = format!("sidewire_upstream_errors_total{{kind=\"{kind}\"}} ");
+    let prefix = format!("sidewire_upstream_errors_total{{reason=\"{kind}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.parse().unwrap())
 }
 
@@ -679,7 +679,7 @@ async fn ambiguous_hosts_and_unknown_codings_are_refused_not_forwarded() {
     let text = support::realtime::metrics(&server).await;
     let backend_errors: f64 = ["connect", "timeout", "failed"]
         .iter()
-        .map(|k| support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{kind=\"{k}\"}}")))
+        .map(|k| support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{reason=\"{k}\"}}")))
         .sum();
     assert_eq!(backend_errors, 0.0, "client mistakes are not backend failures");
     server.stop().await;

@@ -66,7 +66,7 @@ async fn a_websocket_that_stopped_reading_does_not_hold_up_the_drain() {
     }
     let text = metrics(&server).await;
     assert_eq!(metric(&text, &conns("websocket")), 1.0);
-    assert_eq!(metric(&text, "sidewire_evictions_total{kind=\"slow_consumer\"}"), 0.0);
+    assert_eq!(metric(&text, "sidewire_evictions_total{reason=\"slow_consumer\"}"), 0.0);
 
     // The session must not wait for the heartbeat timeout (60 s) nor hold the drain
     // for the whole 30 s grace.

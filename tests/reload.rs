@@ -36,7 +36,7 @@ async fn a_reload_cannot_leave_a_non_loopback_admin_without_its_secret() {
     let refused = server.handle.reload(config("")).await;
     assert!(refused.unwrap_err().contains("admin.secret"));
     let text = metrics(&server).await;
-    assert_eq!(metric(&text, "sidewire_reloads_total{kind=\"config_refused\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "sidewire_reloads_total{subject=\"config\",outcome=\"refused\"}"), 1.0, "{text}");
     // The secret still guards the admin API.
     let res =
         http().post(server.admin_url("/publish")).json(&json!({ "channel": "a", "data": 1 })).send().await.unwrap();

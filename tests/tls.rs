@@ -39,9 +39,9 @@ async fn wait_for_cert(client: &Client, addr: SocketAddr, want: &Cert) {
     }
 }
 
-/// `sidewire_reloads_total{kind="…"}`, 0 when not counted yet.
-fn reloads(server: &TestServer, kind: &str) -> u64 {
-    let prefix = format!("sidewire_reloads_total{{kind=\"{kind}\"}} ");
+/// `sidewire_reloads_total{subject="tls",outcome="…"}`, 0 when not counted yet.
+fn reloads(server: &TestServer, outcome: &str) -> u64 {
+    let prefix = format!("sidewire_reloads_total{{subject=\"tls\",outcome=\"{outcome}\"}} ");
     let text = server.handle.metrics().encode();
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
 }
@@ -50,7 +50,7 @@ fn reloads(server: &TestServer, kind: &str) -> u64 {
 async fn wait_for_failed_reload(server: &TestServer, seen: u64) -> u64 {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let n = reloads(server, "tls_failed");
+        let n = reloads(server, "failed");
         if n > seen {
             return n;
         }
@@ -136,7 +136,7 @@ async fn certificate_reloaded_when_files_change() {
 
     files.write(&new.cert_pem, &new.key_pem);
     wait_for_cert(&client, tls_addr(&server), &new).await;
-    assert!(reloads(&server, "tls_ok") >= 1);
+    assert!(reloads(&server, "ok") >= 1);
     assert_eq!(tls::get(before, Version::HTTP_2, "/still-open").await.status(), 200);
     server.stop().await;
 }
@@ -172,7 +172,7 @@ async fn bad_certificate_keeps_the_old_one() {
         assert_eq!(wait_for_failed_reload(&server, n - 1).await, n, "{what}");
         assert_eq!(served_cert(&client, addr).await, old.der, "{what}");
     }
-    assert_eq!(reloads(&server, "tls_ok"), 0);
+    assert_eq!(reloads(&server, "ok"), 0);
 
     // The watcher is still alive: the matching key fixes it.
     files.write_key(&other.key_pem);

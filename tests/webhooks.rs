@@ -223,7 +223,7 @@ async fn a_failing_endpoint_is_retried_until_the_events_arrive() {
     // Six failures: more than the five attempts an older sidewire gave a batch.
     backend.respond(|_, i| if i < 6 { EventReply::status(500) } else { EventReply::ok(json!({})) });
     let server = TestServer::start(&lifecycle_yaml(&backend)).await;
-    let dropped = r#"sidewire_webhook_dropped_total{kind="expired"}"#;
+    let dropped = r#"sidewire_webhook_dropped_total{reason="expired"}"#;
     assert_eq!(metric(&server, dropped).await, Some(0.0), "the series exists before anything is dropped");
     let (_alice, welcome) = WsClient::open(&server, "/ws?token=tok-a").await;
     let posts = backend.wait_posts(7).await;
@@ -245,7 +245,7 @@ async fn refused_lifecycle_events_are_dropped_and_counted() {
     let (mut alice, _) = WsClient::open(&server, "/ws?token=tok-a").await;
     backend.wait_posts(1).await;
     alice.subscribe("room:1", None).await;
-    wait_metric(&server, r#"sidewire_webhook_dropped_total{kind="rejected"}"#, 2.0).await;
+    wait_metric(&server, r#"sidewire_webhook_dropped_total{reason="rejected"}"#, 2.0).await;
     assert_eq!(backend.posts().len(), 2, "a refusal is not retried");
     // The client path never noticed.
     alice.assert_quiet().await;
@@ -259,7 +259,7 @@ async fn events_give_up_after_retry_for_and_are_counted() {
     let yaml = lifecycle_yaml(&backend).replace("events: [connect", "retry_for: 1s, events: [connect");
     let server = TestServer::start(&yaml).await;
     let (_alice, _) = WsClient::open(&server, "/ws?token=tok-a").await;
-    wait_metric(&server, r#"sidewire_webhook_dropped_total{kind="expired"}"#, 1.0).await;
+    wait_metric(&server, r#"sidewire_webhook_dropped_total{reason="expired"}"#, 1.0).await;
     server.stop().await;
 }
 

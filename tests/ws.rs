@@ -554,7 +554,7 @@ async fn abrupt_disconnect_is_not_a_protocol_error() {
     wait_metric(&server, WS_GAUGE, 1.0).await;
     drop(raw);
     wait_metric(&server, WS_GAUGE, 0.0).await;
-    let series = r#"sidewire_evictions_total{kind="protocol_error"}"#;
+    let series = r#"sidewire_evictions_total{reason="protocol_error"}"#;
     assert_eq!(metric(&server, series).await.unwrap_or(0.0), 0.0);
 }
 

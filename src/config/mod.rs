@@ -265,6 +265,26 @@ impl Config {
         if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
     }
 
+    /// What is valid but surely not meant: a channel rule that an earlier rule's `match`
+    /// already covers (the first matching rule applies, so the later one is never used).
+    /// `--check` prints these; startup and reloads log them.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, later) in self.channels.iter().enumerate() {
+            if let Some(j) = self.channels[..i].iter().position(|earlier| earlier.pattern.covers(&later.pattern)) {
+                out.push(Problem::new(
+                    format!("channels[{i}].match"),
+                    format!(
+                        "{:?} is never used: channels[{j}] ({:?}) comes first and matches every channel it does",
+                        later.pattern.as_str(),
+                        self.channels[j].pattern.as_str()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// Keys that changed between `self` and `new` but only take effect after a restart.
     pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();

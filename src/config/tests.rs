@@ -177,3 +177,19 @@ fn absurd_durations_are_refused() {
     let p = problems("auth: { cache_ttl: 60 }\n");
     assert!(p.iter().any(|l| l.starts_with("auth.cache_ttl: ") && l.contains("\"60s\"")), "{p:#?}");
 }
+
+#[test]
+fn shadowed_channel_rules_are_warned_about() {
+    let yaml = "channels:\n  - match: \"room:*\"\n  - match: \"user:*\"\n  - match: \"room:lobby\"\n  - match: \"*\"\n  - match: \"news:*\"\n  - match: \"user:*\"\n";
+    let c = Config::from_yaml(yaml, &no_env).unwrap();
+    let warnings: Vec<String> = c.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "channels[2].match: \"room:lobby\" is never used: channels[0] (\"room:*\") comes first and matches every channel it does",
+            "channels[4].match: \"news:*\" is never used: channels[3] (\"*\") comes first and matches every channel it does",
+            "channels[5].match: \"user:*\" is never used: channels[1] (\"user:*\") comes first and matches every channel it does",
+        ]
+    );
+    assert!(Config::from_yaml("", &no_env).unwrap().warnings().is_empty());
+}

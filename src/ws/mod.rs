@@ -62,10 +62,13 @@ pub fn upgrade(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let handshake = frames::handshake(&req)?;
-    identity::check_origin(config, &req, peer.tls)?;
+    identity::check_origin(config, &req, peer.tls).inspect_err(|_| state.metrics.refused("websocket", "origin"))?;
     let query = router::query_pairs(req.uri().query());
     let cred = auth::credential(&config.auth, req.headers(), &query, peer);
-    let admission = state.limits.admit(peer.addr.ip(), &config.limits)?;
+    let admission = state
+        .limits
+        .admit(peer.addr.ip(), &config.limits)
+        .inspect_err(|_| state.metrics.refused("websocket", "limit"))?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = Context {
         state: Arc::clone(state),
@@ -176,7 +179,10 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
     let identity = match Box::pin(ctx.state.auth.identify(&ctx.state.backend, ctx.cred.as_ref(), ask)).await {
         Ok(id) => id,
-        Err(e) => return frames::close(&mut ws, e.close_code(), e.reason()).await,
+        Err(e) => {
+            ctx.state.metrics.refused("websocket", e.refusal());
+            return frames::close(&mut ws, e.close_code(), e.reason()).await;
+        }
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
     let shutdown = ctx.state.shutdown.token().clone();
@@ -287,9 +293,14 @@ impl Conn {
 
     /// The identity's TTL ended: keep going with the fresh answer, or close 4002/4003.
     fn on_expiry(&mut self, verdict: Result<Arc<Identity>, AuthError>) -> Result<(), End> {
-        let identity = verdict.map_err(|e| End::Close(e.close_code(), e.reason()))?;
+        let metrics = &self.ctx.state.metrics;
+        let identity = verdict.map_err(|e| {
+            metrics.eviction("auth_revoked");
+            End::Close(e.close_code(), e.reason())
+        })?;
         let config = self.ctx.state.config.load();
         if self.session.channels.iter().any(|c| policy::authorize(&config, &identity, c).is_err()) {
+            metrics.eviction("auth_revoked");
             return Err(End::Close(close_code::FORBIDDEN, "Forbidden"));
         }
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));

@@ -231,7 +231,7 @@ impl Conn {
         let channel = name.clone();
         let reference = r.map(ToOwned::to_owned);
         self.ctx.state.shutdown.spawn(async move {
-            let reply = webhook::post(&state.backend, &body).await;
+            let reply = webhook::post(&state.backend, "message", &body).await;
             permit.send(webhook_outcome(&state, &config, &channel, reply, reference.as_deref()).await);
         });
         Ok(())
