@@ -86,6 +86,8 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub secret: Option<Secret>,
+    /// `/metrics` is served without the secret even when one is set.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -75,11 +75,13 @@ impl Default for RawTls {
 pub struct RawAdmin {
     pub listen: String,
     pub secret: Option<String>,
+    /// `/metrics` without the secret even when one is set.
+    pub metrics_public: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".into(), secret: None }
+        Self { listen: "127.0.0.1:9090".into(), secret: None, metrics_public: false }
     }
 }
 

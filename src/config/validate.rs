@@ -70,7 +70,11 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
         key: PathBuf::from(t.key),
         watch_interval: c.nonzero_dur("tls.watch_interval", t.watch_interval),
     });
-    let admin = AdminConfig { listen: c.addr("admin.listen", &raw.admin.listen), secret: secret(raw.admin.secret) };
+    let admin = AdminConfig {
+        listen: c.addr("admin.listen", &raw.admin.listen),
+        secret: secret(raw.admin.secret),
+        metrics_public: raw.admin.metrics_public,
+    };
     if admin.secret.is_none() && !admin.listen.ip().is_loopback() {
         c.fail("admin.secret", "required when admin.listen is not a loopback address");
     }
