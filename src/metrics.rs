@@ -32,6 +32,14 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub reason: &'static str,
+}
+
+/// Every `budget::Refusal::reason()`.
+const BUDGET_REFUSALS: [&str; 2] = ["over_budget", "table_full"];
+
 /// Every metric sidewire exports.
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +51,7 @@ pub struct Metrics {
     transports: Family<TransportLabel, Gauge>,
     evictions: Family<KindLabel, Counter>,
     webhook_dropped: Family<KindLabel, Counter>,
+    publish_budget_refused: Family<BudgetLabel, Counter>,
     /// Handed to the hub, which records into them directly.
     pub hub: crate::hub::HubStats,
     /// Handed to the redis broker.
@@ -166,6 +175,15 @@ impl Metrics {
         );
         let webhook_dropped = Family::<KindLabel, Counter>::default();
         registry.register("webhook_dropped", "Lifecycle webhook events dropped, by reason", webhook_dropped.clone());
+        let publish_budget_refused = Family::<BudgetLabel, Counter>::default();
+        registry.register(
+            "publish_budget_refused",
+            "Client publishes refused by limits.identity_publish_rate, by reason",
+            publish_budget_refused.clone(),
+        );
+        for reason in BUDGET_REFUSALS {
+            drop(publish_budget_refused.get_or_create(&BudgetLabel { reason }));
+        }
         for kind in UPSTREAM_ERROR_KINDS {
             drop(upstream_errors.get_or_create(&KindLabel { kind }));
         }
@@ -185,6 +203,7 @@ impl Metrics {
             transports,
             evictions,
             webhook_dropped,
+            publish_budget_refused,
             hub,
             broker,
         }
@@ -215,6 +234,11 @@ impl Metrics {
 
     pub fn webhook_dropped_n(&self, reason: &'static str, n: u64) {
         self.webhook_dropped.get_or_create(&KindLabel { kind: reason }).inc_by(n);
+    }
+
+    /// Counts a client publish refused by its identity's budget.
+    pub fn publish_budget_refused(&self, reason: &'static str) {
+        self.publish_budget_refused.get_or_create(&BudgetLabel { reason }).inc();
     }
 
     pub fn request(&self, status: http::StatusCode) {

@@ -177,6 +177,11 @@ pub struct LimitsConfig {
     pub max_channels_per_connection: usize,
     pub max_message_bytes: usize,
     pub client_rate: Rate,
+    /// Client publishes per identity (user; per IP, IPv6 per /64, when anonymous),
+    /// shared by all its connections.
+    pub identity_publish_rate: Rate,
+    /// Identities tracked by `identity_publish_rate` at once; a new one beyond is refused.
+    pub identity_publish_table: usize,
     pub subscriber_queue: usize,
     /// Allowed `Origin` values, lowercased; empty = same host only; `*` = any.
     pub origins: Vec<String>,
