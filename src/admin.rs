@@ -4,6 +4,14 @@
 //! Owns: the admin routes, the admin secret check and reading request bodies. Does not:
 //! serve anything to the public listeners, or decide what a publish means
 //! (`publish.rs` checks it, the broker publishes it).
+//!
+//! Without a secret the admin listener is on loopback (config validation and reloads
+//! insist), which keeps other hosts out but not a browser on this host: a page the
+//! operator visits could POST to `http://127.0.0.1:9090/publish`, or rebind its own DNS
+//! name to 127.0.0.1 and read the answers. So, secretless, every route but the health
+//! probes refuses what only a browser sends cross-site: a foreign `Origin`, a
+//! `Sec-Fetch-Site` other than `same-origin`/`none`, a `Host` that is not a loopback
+//! address or `localhost`.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -33,10 +41,16 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 /// Serves one admin request.
 pub async fn handle(state: &Admin, req: Request<Incoming>) -> Response<Body> {
     let config = state.config.load_full();
-    let res = match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    if !matches!(path, "/healthz" | "/readyz")
+        && let Err(refused) = same_host_only(&config, &req)
+    {
+        return refused.into_response();
+    }
+    let res = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET | &Method::HEAD, "/readyz") => Ok(readyz(state)),
-        (&Method::GET, "/metrics") => Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.scrape().await)),
+        (&Method::GET, "/metrics") => metrics(state, &config, &req).await,
         (&Method::POST, "/publish") => publish(state, &config, req).await,
         (&Method::GET, "/channels") => channels(state, &config, &req),
         (&Method::GET, "/presence") => presence(state, &config, &req).await,
@@ -46,6 +60,73 @@ pub async fn handle(state: &Admin, req: Request<Incoming>) -> Response<Body> {
         _ => Err(Rejection::not_found()),
     };
     res.unwrap_or_else(Rejection::into_response)
+}
+
+/// `GET /metrics`: behind the secret when one is set, unless `admin.metrics_public`.
+async fn metrics(state: &Admin, config: &Config, req: &Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    if !config.admin.metrics_public {
+        authorized(config, req)?;
+    }
+    Ok(with_body(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.scrape().await))
+}
+
+/// Refuses, when no secret is set, a request a browser sent on behalf of another site
+/// (see the module docs). With a secret, the secret is the check: a cross-site page
+/// cannot send it.
+fn same_host_only(config: &Config, req: &Request<Incoming>) -> Result<(), Rejection> {
+    if config.admin.secret.is_some() {
+        return Ok(());
+    }
+    let forbidden = |why: &str| {
+        Rejection::plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden: {why}. The admin API without admin.secret only answers local, non-browser clients; set admin.secret to call it from elsewhere."
+            ),
+        )
+    };
+    let host = req.headers().get(header::HOST).map(http::HeaderValue::as_bytes).or_else(|| {
+        // HTTP/2 carries the host in :authority.
+        req.uri().authority().map(|a| a.as_str().as_bytes())
+    });
+    // Browsers always send a Host; a client that sends none is not one.
+    if let Some(host) = host
+        && !loopback_host(host)
+    {
+        return Err(forbidden("Host is not a loopback address or localhost (DNS rebinding?)"));
+    }
+    if let Some(site) = req.headers().get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err(forbidden("cross-site browser request (Sec-Fetch-Site)"));
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let own = host.is_some_and(|h| same_origin(origin.as_bytes(), h));
+        if !own {
+            return Err(forbidden("cross-site browser request (Origin)"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `Host` value names this machine: a loopback address (IPv4-mapped too) or
+/// `localhost`, with or without a port.
+fn loopback_host(host: &[u8]) -> bool {
+    let Ok(authority) = std::str::from_utf8(host).map(str::parse::<http::uri::Authority>) else {
+        return false;
+    };
+    let Ok(authority) = authority else { return false };
+    let name = authority.host();
+    let name = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Whether `origin` is the admin listener's own (`http://` and the request's Host; the
+/// admin listener speaks plain HTTP only).
+fn same_origin(origin: &[u8], host: &[u8]) -> bool {
+    origin.strip_prefix(b"http://").is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
 /// Ready while the listeners are up, the broker is reachable and we are not draining.
@@ -159,5 +240,29 @@ mod tests {
         assert_eq!(bearer("Bearer x"), Some("x"));
         assert_eq!(bearer("bearer x"), Some("x"));
         assert_eq!(bearer("Basic x"), None);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1:9090",
+            "127.0.0.1",
+            "127.9.9.9:1",
+            "localhost:9090",
+            "LOCALHOST",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:80",
+            "localhost.:9",
+        ] {
+            assert!(loopback_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["evil.example:9090", "10.0.0.1:9090", "localhost.evil.example", "[::2]:1", "", "a b"] {
+            assert!(!loopback_host(bad.as_bytes()), "{bad}");
+        }
+        assert!(same_origin(b"http://127.0.0.1:9090", b"127.0.0.1:9090"));
+        assert!(same_origin(b"http://LocalHost:9090", b"localhost:9090"));
+        assert!(!same_origin(b"https://127.0.0.1:9090", b"127.0.0.1:9090"));
+        assert!(!same_origin(b"http://localhost:3000", b"localhost:9090"));
+        assert!(!same_origin(b"null", b"localhost:9090"));
     }
 }

@@ -25,7 +25,8 @@
 //!   with the Autobahn echo example.
 //! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: what a publish
 //!   request says and the checks every message passes (no HTTP).
-//! - [`limits`]: connection admission and client message rate.
+//! - [`limits`]: connection admission and client message rate; [`budget`]: publish
+//!   budgets per identity, shared by its connections.
 //! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed
 //!   client messages and batched lifecycle events to the backend.
 //!
@@ -38,6 +39,7 @@ pub mod admin;
 pub mod asset;
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod hub;
 pub mod identity;
@@ -169,6 +171,7 @@ impl App {
             config: Arc::clone(&config),
             broker: broker.clone(),
             limits: limits::Limits::default(),
+            budgets: budget::Budgets::default(),
             auth: auth::Auth::default(),
             lifecycle,
             backend: backend.clone(),

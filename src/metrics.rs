@@ -76,6 +76,9 @@ pub struct WebhookErrorLabel {
     pub reason: &'static str,
 }
 
+/// Every `budget::Refusal::reason()`.
+const BUDGET_REFUSALS: [&str; 2] = ["over_budget", "table_full"];
+
 /// Every metric sidewire exports.
 pub struct Metrics {
     registry: Registry,
@@ -93,6 +96,7 @@ pub struct Metrics {
     webhook_seconds: Family<WebhookLabel, Histogram>,
     webhook_errors: Family<WebhookErrorLabel, Counter>,
     websocket_handshakes: Family<ProtocolLabel, Counter>,
+    publish_budget_refused: Family<ReasonLabel, Counter>,
     /// Handed to the hub, which records into them directly.
     pub hub: crate::hub::HubStats,
     /// Handed to the redis broker.
@@ -326,6 +330,15 @@ impl Metrics {
         let webhook_errors = Family::<WebhookErrorLabel, Counter>::default();
         registry.register("webhook_errors", "Failed webhook POSTs by webhook and reason", webhook_errors.clone());
 
+        let publish_budget_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "publish_budget_refused",
+            "Client publishes refused by limits.identity_publish_rate, by reason",
+            publish_budget_refused.clone(),
+        );
+        for reason in BUDGET_REFUSALS {
+            drop(publish_budget_refused.get_or_create(&ReasonLabel { reason }));
+        }
         // Pre-created series.
         for reason in UPSTREAM_ERROR_REASONS {
             drop(upstream_errors.get_or_create(&ReasonLabel { reason }));
@@ -380,6 +393,7 @@ impl Metrics {
             auth,
             webhook_seconds,
             webhook_errors,
+            publish_budget_refused,
             hub,
             broker,
         }
@@ -435,6 +449,11 @@ impl Metrics {
     /// Counts a failed webhook POST (without timing it: nothing was sent).
     pub fn webhook_error(&self, webhook: &'static str, reason: &'static str) {
         self.webhook_errors.get_or_create(&WebhookErrorLabel { webhook, reason }).inc();
+    }
+
+    /// Counts a client publish refused by its identity's budget.
+    pub fn publish_budget_refused(&self, reason: &'static str) {
+        self.publish_budget_refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn request(&self, status: http::StatusCode) {

@@ -43,6 +43,11 @@ pub enum ProxyError {
     /// A transfer coding other than `chunked` (RFC 9112 §6.1: 501).
     #[error("unsupported transfer coding: {0}")]
     Unsupported(&'static str),
+    /// The client's request body broke off or was malformed (bad chunk size or line,
+    /// oversized chunk extension, fewer bytes than `Content-Length`): hyper found it while
+    /// we streamed the body to the backend.
+    #[error("client request body: {0}")]
+    ClientBody(String),
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
     #[error("backend idle for {0:?} without sending response headers")]
@@ -55,7 +60,7 @@ impl ProxyError {
     /// The metric label for `upstream_errors`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::BadFraming(_) | Self::Unsupported(_) => "bad_request",
+            Self::BadFraming(_) | Self::Unsupported(_) | Self::ClientBody(_) => "bad_request",
             Self::BackendUnreachable(_) => "connect",
             Self::BackendTimeout(_) => "timeout",
             Self::BackendFailed(_) => "failed",
@@ -63,12 +68,28 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The client's mistake, not the backend's: not counted or logged as a backend failure.
+    pub fn is_client(&self) -> bool {
+        matches!(self, Self::BadFraming(_) | Self::Unsupported(_) | Self::ClientBody(_))
+    }
+}
+
+/// An error reading the client's request body, marked on its way into the backend
+/// request so that a failed send can be told apart from a backend failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 impl From<ProxyError> for Rejection {
     fn from(e: ProxyError) -> Self {
         match e {
             ProxyError::BadFraming(why) => Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}")),
             ProxyError::Unsupported(why) => {
                 Rejection::plain(StatusCode::NOT_IMPLEMENTED, format!("Not Implemented: {why}"))
+            }
+            ProxyError::ClientBody(_) => {
+                Rejection::plain(StatusCode::BAD_REQUEST, "Bad Request: the request body is malformed or incomplete")
             }
             ProxyError::BackendTimeout(_) => {
                 Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
@@ -91,7 +112,7 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// outage must be visible at the default level without flooding the log.
 fn backend_failed(proxy: &Proxy, e: &ProxyError) {
     static LAST: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
-    if matches!(e, ProxyError::BadFraming(_)) {
+    if e.is_client() {
         return;
     }
     let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -230,11 +251,13 @@ impl Proxy {
         let result = match answer {
             None => Err(ProxyError::BackendTimeout(timeout)),
             Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Some(Err(e)) if caused_by_client(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
             Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
             Some(Ok(res)) => Ok(res),
         };
         match &result {
             Ok(_) => metrics.upstream_latency(started.elapsed()),
+            Err(e) if e.is_client() => {}
             Err(e) => metrics.upstream_error(e.kind()),
         }
         result
@@ -300,6 +323,18 @@ async fn until_idle<F: Future>(fut: F, mut progress: watch::Receiver<()>, idle: 
     }
 }
 
+/// Whether a [`ClientBodyError`] is somewhere in `e`'s chain of causes.
+fn caused_by_client(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<ClientBodyError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -347,7 +382,8 @@ pub async fn forward(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
-    let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let body = body.map_err(|e| crate::respond::BoxError::from(ClientBodyError(e)));
+    let out = Request::from_parts(parts, body.boxed_unsync());
     let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         if let Some(key) = key {

@@ -24,6 +24,8 @@ pub struct Realtime {
     pub broker: Broker,
     /// Connection admission.
     pub limits: Limits,
+    /// Client publish budgets per identity.
+    pub budgets: crate::budget::Budgets,
     /// The auth cache.
     pub auth: Auth,
     /// Lifecycle webhook events, queued for the sender task.

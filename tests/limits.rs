@@ -500,3 +500,100 @@ async fn open_connections_are_capped_per_address() {
     drop(held);
     server.stop().await;
 }
+
+/// Publishes `n` messages at once on `ws` (refs `first..first + n`) and returns the
+/// replies: `published`, or `error` frames carrying the request's ref.
+async fn publish_burst<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, first: u64, n: u64) -> Vec<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for r in first..first + n {
+        let frame = json!({ "type": "publish", "channel": "budget", "data": r, "ref": r });
+        ws.feed(Message::text(frame.to_string())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(next_json(ws).await);
+    }
+    replies
+}
+
+fn count(replies: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
+    replies.iter().filter(|v| pred(v)).count()
+}
+
+/// Budgets that refill at 1/s: a test exchange takes milliseconds, and each assertion
+/// allows for a refill of a token or two on a loaded machine.
+const BUDGET: &str =
+    "limits: { client_rate: { per_second: 1000, burst: 1000 }, identity_publish_rate: { per_second: 1, burst: 3 } }";
+
+#[tokio::test]
+async fn identity_publish_rate_is_shared_by_all_connections_of_an_identity() {
+    let server = TestServer::start(&yaml(BUDGET)).await;
+    // Two anonymous connections from one address: one identity, one budget.
+    let mut a = ws(&server).await;
+    let mut b = ws(&server).await;
+    let from_a = publish_burst(&mut a, 0, 3).await;
+    assert_eq!(count(&from_a, |v| v["type"] == "published"), 3, "the burst passes: {from_a:?}");
+    let from_b = publish_burst(&mut b, 10, 3).await;
+    let refused: Vec<&Value> = from_b.iter().filter(|v| v["type"] == "error").collect();
+    assert!(!refused.is_empty(), "a second connection does not get a budget of its own: {from_b:?}");
+    for e in &refused {
+        assert_eq!(e["code"], "rate_limited", "{e}");
+        assert!(e["ref"].as_u64().is_some_and(|r| (10..13).contains(&r)), "the refusal answers its request: {e}");
+    }
+    // Another address is another identity, with its own budget.
+    let other: IpAddr = LOCALHOST_2.parse().unwrap();
+    let mut c = ws_raw(&server, Some(other), false).await.unwrap();
+    let from_c = publish_burst(&mut c, 20, 3).await;
+    assert_eq!(count(&from_c, |v| v["type"] == "published"), 3, "{from_c:?}");
+    let text = metrics(&server).await;
+    let over = metric(&text, "sidewire_publish_budget_refused_total{reason=\"over_budget\"}");
+    assert_eq!(over, refused.len() as f64, "{text}");
+    assert_eq!(metric(&text, "sidewire_publish_budget_refused_total{reason=\"table_full\"}"), 0.0, "{text}");
+    // Subscribing and pinging cost nothing from the publish budget.
+    send_json(&mut b, json!({ "type": "ping" })).await;
+    assert_eq!(next_json(&mut b).await["type"], "pong");
+    hang_up(a).await;
+    hang_up(b).await;
+    hang_up(c).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sustained_publishing_over_the_identity_budget_closes_with_1008() {
+    let server = TestServer::start(&yaml(BUDGET)).await;
+    let mut ws = ws(&server).await;
+    let publish = Message::text(json!({ "type": "publish", "channel": "budget", "data": 1 }).to_string());
+    let mut sent = 0;
+    while ws.send(publish.clone()).await.is_ok() && sent < 200 {
+        sent += 1;
+    }
+    let (code, _) = close_code(&mut ws).await;
+    assert_eq!(code, Some(1008));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_identity_table_refuses_new_publishers_without_growing() {
+    let limits = "limits: { identity_publish_rate: { per_second: 1, burst: 3 }, identity_publish_table: 1 }";
+    let server = TestServer::start(&yaml(limits)).await;
+    let mut first = ws(&server).await;
+    // The only slot is taken, and stays taken while its bucket is not full again (3 s).
+    let replies = publish_burst(&mut first, 0, 3).await;
+    assert_eq!(count(&replies, |v| v["type"] == "published"), 3, "{replies:?}");
+    let mut second = ws_raw(&server, Some(LOCALHOST_2.parse().unwrap()), false).await.unwrap();
+    let refused = publish_burst(&mut second, 10, 1).await;
+    assert_eq!(refused[0]["type"], "error", "{refused:?}");
+    assert_eq!(refused[0]["code"], "unavailable", "not the client's fault: {refused:?}");
+    assert_eq!(refused[0]["ref"], 10);
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, "sidewire_publish_budget_refused_total{reason=\"table_full\"}"), 1.0, "{text}");
+    // Refused, not closed: the connection goes on.
+    send_json(&mut second, json!({ "type": "ping" })).await;
+    assert_eq!(next_json(&mut second).await["type"], "pong");
+    hang_up(first).await;
+    hang_up(second).await;
+    server.stop().await;
+}

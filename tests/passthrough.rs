@@ -684,3 +684,53 @@ async fn ambiguous_hosts_and_unknown_codings_are_refused_not_forwarded() {
     assert_eq!(backend_errors, 0.0, "client mistakes are not backend failures");
     server.stop().await;
 }
+
+/// A backend that reads the whole request body before answering (as a form handler
+/// does), answering with its length; a body that breaks off gets a 500 it never sees.
+async fn body_reading_backend() -> FakeBackend {
+    FakeBackend::start(|req: Request<Incoming>| async move {
+        match stream::collect(req.into_body()).await {
+            Ok(got) => Response::new(full(got.data.len().to_string())),
+            Err(_) => Response::builder().status(500).body(full("broken body")).unwrap(),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_body_framing_errors_are_400_not_backend_failures() {
+    let backend = body_reading_backend().await;
+    let server = TestServer::start(&backend_yaml(&backend)).await;
+    let head = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let huge_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(64 * 1024));
+    let cases = [
+        ("bad chunk size", "5\r\nhello\r\nzz\r\nhello\r\n0\r\n\r\n".to_owned()),
+        ("bare-LF chunk line", "5\r\nhello\r\n5\nhello\n0\n\n".to_owned()),
+        ("huge chunk extension", huge_extension),
+    ];
+    for (what, body) in cases {
+        let mut conn = RawConn::connect(server.public).await;
+        conn.send(head).await;
+        // The server may answer and hang up before it has read everything.
+        let _ = conn.try_send(body).await;
+        let answer = conn.read_head().await;
+        assert_eq!(status_of(&answer), 400, "{what}: {answer}");
+        assert_eq!(header_values(&answer, "content-type"), ["text/plain; charset=utf-8"], "{what}");
+        let rest = String::from_utf8_lossy(&conn.read_to_close().await).into_owned();
+        assert!(rest.contains("Bad Request"), "{what}: short plain-text body, got {rest:?}");
+    }
+    // A body shorter than its Content-Length: the client gives up half way.
+    let mut conn = RawConn::connect(server.public).await;
+    conn.send("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly twenty bytes...").await;
+    conn.shutdown_write().await;
+    let answer = String::from_utf8_lossy(&conn.read_to_close().await).into_owned();
+    assert!(!answer.contains(" 502 "), "an incomplete body is not a backend failure: {answer}");
+
+    let text = support::realtime::metrics(&server).await;
+    for kind in ["connect", "timeout", "failed"] {
+        let n = support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{kind=\"{kind}\"}}"));
+        assert_eq!(n, 0.0, "client framing errors counted as backend failures ({kind}):\n{text}");
+    }
+    assert_eq!(support::realtime::metric(&text, "sidewire_requests_total{class=\"5xx\"}"), 0.0, "{text}");
+    server.stop().await;
+}

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::realtime::{metric, metrics, yaml};
+use support::realtime::{metric, yaml};
 use support::ws::WsClient;
 use support::{TestServer, config, http};
 
@@ -35,7 +35,9 @@ async fn a_reload_cannot_leave_a_non_loopback_admin_without_its_secret() {
     let server = TestServer::start_config(cfg).await;
     let refused = server.handle.reload(config("")).await;
     assert!(refused.unwrap_err().contains("admin.secret"));
-    let text = metrics(&server).await;
+    // With a secret set, /metrics wants it too.
+    let res = http().get(server.admin_url("/metrics")).bearer_auth("s3cret").send().await.unwrap();
+    let text = res.text().await.unwrap();
     assert_eq!(metric(&text, "sidewire_reloads_total{subject=\"config\",outcome=\"refused\"}"), 1.0, "{text}");
     // The secret still guards the admin API.
     let res =

@@ -86,6 +86,8 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub secret: Option<Secret>,
+    /// `/metrics` is served without the secret even when one is set.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +177,11 @@ pub struct LimitsConfig {
     pub max_channels_per_connection: usize,
     pub max_message_bytes: usize,
     pub client_rate: Rate,
+    /// Client publishes per identity (user; per IP, IPv6 per /64, when anonymous),
+    /// shared by all its connections.
+    pub identity_publish_rate: Rate,
+    /// Identities tracked by `identity_publish_rate` at once; a new one beyond is refused.
+    pub identity_publish_table: usize,
     pub subscriber_queue: usize,
     /// Allowed `Origin` values, lowercased; empty = same host only; `*` = any.
     pub origins: Vec<String>,

@@ -75,11 +75,13 @@ impl Default for RawTls {
 pub struct RawAdmin {
     pub listen: String,
     pub secret: Option<String>,
+    /// `/metrics` without the secret even when one is set.
+    pub metrics_public: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".into(), secret: None }
+        Self { listen: "127.0.0.1:9090".into(), secret: None, metrics_public: false }
     }
 }
 
@@ -206,6 +208,10 @@ pub struct RawLimits {
     pub max_channels_per_connection: usize,
     pub max_message_bytes: usize,
     pub client_rate: RawRate,
+    /// Client publishes per identity (user, or IP when anonymous), all connections together.
+    pub identity_publish_rate: RawRate,
+    /// Identities `identity_publish_rate` tracks at once.
+    pub identity_publish_table: usize,
     pub subscriber_queue: usize,
     pub origins: Vec<String>,
     /// Largest request head (request line + headers) accepted; beyond it: 431 (extension).
@@ -228,6 +234,8 @@ impl Default for RawLimits {
             max_channels_per_connection: 100,
             max_message_bytes: 65_536,
             client_rate: RawRate { per_second: 10, burst: 20 },
+            identity_publish_rate: RawRate { per_second: 20, burst: 40 },
+            identity_publish_table: 100_000,
             subscriber_queue: 1024,
             origins: Vec::new(),
             max_header_bytes: 16 * 1024,

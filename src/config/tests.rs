@@ -193,3 +193,16 @@ fn shadowed_channel_rules_are_warned_about() {
     );
     assert!(Config::from_yaml("", &no_env).unwrap().warnings().is_empty());
 }
+
+#[test]
+fn publish_budgets_and_metrics_public() {
+    let p = problems("limits: { identity_publish_rate: { per_second: 0, burst: 1 }, identity_publish_table: 0 }\n");
+    let has = |needle: &str| p.iter().any(|l| l.starts_with(needle));
+    assert!(has("limits.identity_publish_rate: "), "{p:#?}");
+    assert!(has("limits.identity_publish_table: "), "{p:#?}");
+    let c = Config::from_yaml("", &no_env).unwrap();
+    assert_eq!(c.limits.identity_publish_rate, Rate { per_second: 20, burst: 40 });
+    assert_eq!(c.limits.identity_publish_table, 100_000);
+    assert!(!c.admin.metrics_public);
+    assert!(Config::from_yaml("admin: { secret: s, metrics_public: true }", &no_env).unwrap().admin.metrics_public);
+}

@@ -70,7 +70,11 @@ pub(super) fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Config {
         key: PathBuf::from(t.key),
         watch_interval: c.nonzero_dur("tls.watch_interval", t.watch_interval),
     });
-    let admin = AdminConfig { listen: c.addr("admin.listen", &raw.admin.listen), secret: secret(raw.admin.secret) };
+    let admin = AdminConfig {
+        listen: c.addr("admin.listen", &raw.admin.listen),
+        secret: secret(raw.admin.secret),
+        metrics_public: raw.admin.metrics_public,
+    };
     if admin.secret.is_none() && !admin.listen.ip().is_loopback() {
         c.fail("admin.secret", "required when admin.listen is not a loopback address");
     }
@@ -300,6 +304,7 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
     c.positive("limits.max_connections_per_ip", raw.max_connections_per_ip);
     c.positive("limits.max_channels_per_connection", raw.max_channels_per_connection);
     c.positive("limits.subscriber_queue", raw.subscriber_queue);
+    c.positive("limits.identity_publish_table", raw.identity_publish_table);
     c.positive("limits.history_bytes", raw.history_bytes);
     c.positive("limits.channels", raw.channels);
     c.positive("limits.replay_bytes", raw.replay_bytes);
@@ -311,6 +316,9 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
     }
     if raw.client_rate.per_second == 0 || raw.client_rate.burst == 0 {
         c.fail("limits.client_rate", "per_second and burst must be greater than 0");
+    }
+    if raw.identity_publish_rate.per_second == 0 || raw.identity_publish_rate.burst == 0 {
+        c.fail("limits.identity_publish_rate", "per_second and burst must be greater than 0");
     }
     if raw.max_header_bytes < MIN_HEADER_BYTES {
         c.fail("limits.max_header_bytes", format!("must be at least {MIN_HEADER_BYTES}"));
@@ -335,6 +343,11 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
         max_channels_per_connection: raw.max_channels_per_connection,
         max_message_bytes: raw.max_message_bytes,
         client_rate: Rate { per_second: raw.client_rate.per_second, burst: raw.client_rate.burst },
+        identity_publish_rate: Rate {
+            per_second: raw.identity_publish_rate.per_second,
+            burst: raw.identity_publish_rate.burst,
+        },
+        identity_publish_table: raw.identity_publish_table,
         subscriber_queue: raw.subscriber_queue,
         origins,
         max_header_bytes: raw.max_header_bytes,

@@ -77,6 +77,7 @@ pub fn upgrade(
         params,
         cred,
         path: req.uri().path().to_owned(),
+        ip: peer.addr.ip(),
     };
     state.shutdown.spawn(async move {
         match on_upgrade.await {
@@ -97,6 +98,15 @@ struct Context {
     params: Params,
     cred: Option<Credential>,
     path: String,
+    /// The client's address: anonymous publishes spend this address's budget.
+    ip: std::net::IpAddr,
+}
+
+/// Net rate-limit violations of one connection, by limit.
+#[derive(Default)]
+struct Strikes {
+    rate: u32,
+    budget: u32,
 }
 
 /// One connection's state inside its task.
@@ -107,7 +117,9 @@ struct Conn {
     outbox: Outbox,
     inbox: Inbox,
     limiter: governor::DefaultDirectRateLimiter,
-    strikes: u32,
+    /// Net violations of `client_rate` and of the identity's publish budget, counted
+    /// apart: a message within one limit must not forgive a violation of the other.
+    strikes: Strikes,
     last_seen: Instant,
     /// Resolves when the identity's TTL ends and the backend has answered again;
     /// `None` for identities that never expire (anonymous): idle memory matters.
@@ -200,7 +212,7 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         outbox,
         inbox,
         limiter,
-        strikes: 0,
+        strikes: Strikes::default(),
         last_seen: Instant::now(),
         expiry,
         replies: None,
@@ -397,17 +409,28 @@ impl Conn {
             // Forgive one strike, not all: a client that bursts once recovers, but one
             // that keeps sending above the rate (so a token sometimes lets a message
             // through) still runs out, instead of resetting its count every refill.
-            self.strikes = self.strikes.saturating_sub(1);
+            self.strikes.rate = self.strikes.rate.saturating_sub(1);
             return Ok(false);
         }
-        self.strikes += 1;
-        if self.strikes > MAX_STRIKES {
+        self.strikes.rate += 1;
+        self.strike(self.strikes.rate, "too many messages; slow down", None).await?;
+        Ok(true)
+    }
+
+    /// Answers a rate-limit violation (`client_rate` or the identity's publish budget),
+    /// the `strikes`th net one of its kind: `rate_limited` with `message`, or close 1008
+    /// once the strikes run out.
+    async fn strike(
+        &mut self,
+        strikes: u32,
+        message: &str,
+        r: Option<&serde_json::value::RawValue>,
+    ) -> Result<(), End> {
+        if strikes > MAX_STRIKES {
             self.ctx.state.metrics.eviction("rate_limit");
             return Err(End::Close(close_code::POLICY, "rate limit exceeded repeatedly"));
         }
-        let frame = protocol::error(ErrorCode::RateLimited, "too many messages; slow down", None);
-        self.send(frame).await?;
-        Ok(true)
+        self.send(protocol::error(ErrorCode::RateLimited, message, r)).await
     }
 
     /// Writes replayed history, bounded like every other write: a resuming client that

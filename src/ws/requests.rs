@@ -177,6 +177,9 @@ impl Conn {
             Ok(t) => t,
             Err(e) => return self.refused(e, r).await,
         };
+        if mode != ClientPublish::Deny && self.over_budget(&config, r).await? {
+            return Ok(());
+        }
         match mode {
             ClientPublish::Deny => {
                 self.refused(refuse(ErrorCode::Forbidden, format!("clients may not publish on {name}")), r).await
@@ -193,6 +196,32 @@ impl Conn {
                 self.send(frame).await
             }
             ClientPublish::Backend => self.publish_via_backend(&name, event, data, r).await,
+        }
+    }
+
+    /// Takes one publish from the identity's budget (`limits.identity_publish_rate`). Over
+    /// budget is a strike like `client_rate`; a full table refuses with `unavailable` (the
+    /// client did nothing wrong). `Ok(true)`: refused, and the refusal is sent.
+    async fn over_budget(&mut self, config: &Config, r: Option<&RawValue>) -> Result<bool, End> {
+        let key = crate::budget::Key::of(self.session.identity.user.as_deref(), self.ctx.ip);
+        match self.ctx.state.budgets.spend(&key, &config.limits) {
+            Ok(()) => {
+                self.strikes.budget = self.strikes.budget.saturating_sub(1);
+                Ok(false)
+            }
+            Err(refusal) => {
+                self.ctx.state.metrics.publish_budget_refused(refusal.reason());
+                match refusal {
+                    crate::budget::Refusal::OverBudget => {
+                        self.strikes.budget += 1;
+                        self.strike(self.strikes.budget, &refusal.to_string(), r).await?;
+                    }
+                    crate::budget::Refusal::TableFull => {
+                        self.refused(refuse(ErrorCode::Unavailable, refusal.to_string()), r).await?;
+                    }
+                }
+                Ok(true)
+            }
         }
     }
 

@@ -45,6 +45,12 @@ impl RawConn {
         self.stream.write_all(bytes.as_ref()).await
     }
 
+    /// Closes the sending half (the client has nothing more to say), keeping the reading
+    /// half open for the answer.
+    pub async fn shutdown_write(&mut self) {
+        self.stream.shutdown().await.unwrap();
+    }
+
     /// Reads up to and including the next blank line, returning the head as text.
     /// Panics on EOF before a full head.
     pub async fn read_head(&mut self) -> String {
