@@ -728,7 +728,7 @@ async fn client_body_framing_errors_are_400_not_backend_failures() {
 
     let text = support::realtime::metrics(&server).await;
     for kind in ["connect", "timeout", "failed"] {
-        let n = support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{kind=\"{kind}\"}}"));
+        let n = support::realtime::metric(&text, &format!("sidewire_upstream_errors_total{{reason=\"{kind}\"}}"));
         assert_eq!(n, 0.0, "client framing errors counted as backend failures ({kind}):\n{text}");
     }
     assert_eq!(support::realtime::metric(&text, "sidewire_requests_total{class=\"5xx\"}"), 0.0, "{text}");
