@@ -80,10 +80,15 @@ pub async fn open(
         .map(str::to_owned)
         .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
     let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
-    // On HTTP/1 an eviction closes the connection itself (see `server::Abort`).
-    let abort = (req.version() == http::Version::HTTP_11)
-        .then(|| req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()))
-        .flatten();
+    // An eviction ends the stream from outside, since hyper stops polling a body whose
+    // socket (HTTP/1) or flow-control window (HTTP/2) is full: on HTTP/1 it closes the
+    // connection (see `server::Abort`); on HTTP/2 it drops the stream (RST_STREAM(CANCEL),
+    // the other streams of the connection are innocent). Either way the queue is freed.
+    let abort = match req.version() {
+        http::Version::HTTP_2 => crate::server::h2_stream(),
+        http::Version::HTTP_11 => req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()),
+        _ => None,
+    };
     let (stream, opened) =
         Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort).await?;
     let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };

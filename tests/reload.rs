@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::realtime::{metric, metrics, yaml};
+use support::realtime::{metric, metrics, within, yaml};
 use support::ws::WsClient;
 use support::{TestServer, config, http};
 
@@ -41,5 +41,39 @@ async fn a_reload_cannot_leave_a_non_loopback_admin_without_its_secret() {
     let res =
         http().post(server.admin_url("/publish")).json(&json!({ "channel": "a", "data": 1 })).send().await.unwrap();
     assert_eq!(res.status(), 401);
+    server.stop().await;
+}
+
+/// Sends a request with an `X-Pad` header of `pad` bytes on a new connection; the status.
+async fn status_with_header(server: &TestServer, pad: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.public).await.unwrap();
+    let req = format!("GET /_sidewire/client.js HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(pad));
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn max_header_bytes_and_header_read_timeout_apply_to_new_connections_after_a_reload() {
+    use tokio::io::AsyncReadExt;
+    // Before: a minute for a request head (longer than any test wait).
+    let server = TestServer::start(&yaml("limits: { header_read_timeout: 60s }")).await;
+    assert_eq!(status_with_header(&server, 12_000).await, 200);
+    let open = tokio::net::TcpStream::connect(server.public).await.unwrap();
+    let restart = server
+        .handle
+        .reload(config(&yaml("limits: { max_header_bytes: 8192, header_read_timeout: 200ms }")))
+        .await
+        .unwrap();
+    assert!(restart.is_empty(), "{restart:?}");
+    assert_eq!(status_with_header(&server, 12_000).await, 431);
+    assert_eq!(status_with_header(&server, 1000).await, 200);
+    // A new connection that sends nothing is closed after the new header_read_timeout.
+    let mut silent = tokio::net::TcpStream::connect(server.public).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(within("the silent connection to close", silent.read_to_end(&mut buf)).await.unwrap(), 0);
+    drop(open);
     server.stop().await;
 }

@@ -218,6 +218,8 @@ pub struct RawLimits {
     pub channels_per_publish: usize,
     pub max_open_connections: usize,
     pub max_open_connections_per_ip: usize,
+    /// An HTTP/2 connection with no open stream for this long is closed with GOAWAY.
+    pub h2_idle_timeout: Dur,
 }
 
 impl Default for RawLimits {
@@ -238,6 +240,7 @@ impl Default for RawLimits {
             channels_per_publish: 100,
             max_open_connections: 200_000,
             max_open_connections_per_ip: 2000,
+            h2_idle_timeout: secs(120),
         }
     }
 }
