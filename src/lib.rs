@@ -25,7 +25,8 @@
 //!   with the Autobahn echo example.
 //! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: what a publish
 //!   request says and the checks every message passes (no HTTP).
-//! - [`limits`]: connection admission and client message rate.
+//! - [`limits`]: connection admission and client message rate; [`body_timeout`]:
+//!   request bodies that may not stall.
 //! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed
 //!   client messages and batched lifecycle events to the backend.
 //!
@@ -37,6 +38,7 @@
 pub mod admin;
 pub mod asset;
 pub mod auth;
+pub mod body_timeout;
 pub mod broker;
 pub mod config;
 pub mod hub;
@@ -286,7 +288,7 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     let res = match router::route(&config, &path) {
         Route::PassThrough => {
             let proxy = state.backend.pool();
-            proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
+            proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, config.limits.body_read_timeout, req).await
         }
         Route::Reserved(rest) => asset::serve(rest, &req),
         // Boxed: hyper keeps the request future's allocation for the connection's whole

@@ -49,6 +49,10 @@ pub enum ProxyError {
     BackendTimeout(Duration),
     #[error("backend request failed: {0}")]
     BackendFailed(String),
+    /// The client's request body stalled (`limits.body_read_timeout`): the backend
+    /// request is cancelled; not a backend failure.
+    #[error("request body stalled")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -56,6 +60,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::BadFraming(_) | Self::Unsupported(_) => "bad_request",
+            Self::BodyTimeout => "body_timeout",
             Self::BackendUnreachable(_) => "connect",
             Self::BackendTimeout(_) => "timeout",
             Self::BackendFailed(_) => "failed",
@@ -69,6 +74,9 @@ impl From<ProxyError> for Rejection {
             ProxyError::BadFraming(why) => Rejection::plain(StatusCode::BAD_REQUEST, format!("Bad Request: {why}")),
             ProxyError::Unsupported(why) => {
                 Rejection::plain(StatusCode::NOT_IMPLEMENTED, format!("Not Implemented: {why}"))
+            }
+            ProxyError::BodyTimeout => {
+                Rejection::plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout: the request body stalled")
             }
             ProxyError::BackendTimeout(_) => {
                 Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
@@ -91,7 +99,7 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// outage must be visible at the default level without flooding the log.
 fn backend_failed(proxy: &Proxy, e: &ProxyError) {
     static LAST: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
-    if matches!(e, ProxyError::BadFraming(_)) {
+    if matches!(e, ProxyError::BadFraming(_) | ProxyError::BodyTimeout) {
         return;
     }
     let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -230,11 +238,14 @@ impl Proxy {
         let result = match answer {
             None => Err(ProxyError::BackendTimeout(timeout)),
             Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Some(Err(e)) if crate::body_timeout::is_timeout(&e) => Err(ProxyError::BodyTimeout),
             Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
             Some(Ok(res)) => Ok(res),
         };
         match &result {
             Ok(_) => metrics.upstream_latency(started.elapsed()),
+            // The client's fault, not the backend's.
+            Err(ProxyError::BodyTimeout) => {}
             Err(e) => metrics.upstream_error(e.kind()),
         }
         result
@@ -317,6 +328,7 @@ pub async fn forward(
     metrics: &Metrics,
     shutdown: &Shutdown,
     peer: Peer,
+    body_timeout: Duration,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     // The client's mistakes: answered here, never sent on, not counted as backend failures.
@@ -344,7 +356,13 @@ pub async fn forward(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
-    let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    // A client whose body stalls cancels the backend request (see `body_timeout`).
+    let body = if http_body::Body::is_end_stream(&body) {
+        body.map_err(Into::into).boxed_unsync()
+    } else {
+        crate::body_timeout::Idle::new(body, body_timeout).boxed_unsync()
+    };
+    let out = Request::from_parts(parts, body);
     let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         return Ok(tunnel(shutdown, client_upgrade, &mut res));
