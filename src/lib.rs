@@ -176,6 +176,7 @@ impl App {
             backend: backend.clone(),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
+            reloads: Default::default(),
         });
         let admin_api = admin::Admin {
             config: Arc::clone(&config),
@@ -269,7 +270,13 @@ impl Handle {
         }
         let l = &new.limits;
         state.admin.broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
-        state.config.store(Arc::new(new));
+        let new = Arc::new(new);
+        state.config.store(Arc::clone(&new));
+        // Existing channels take the reloaded history and presence settings; open
+        // sessions re-check their identity against the new policies.
+        let hub = state.admin.broker.hub();
+        hub.reconfigure(|name| policy::policy(&new, name).map(policy::retention));
+        state.realtime.reloaded();
         state.metrics.reload("config_ok");
         Ok(restart)
     }

@@ -61,6 +61,8 @@ pub fn upgrade(
     peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
+    // Taken before anything is checked against `config`: a reload from here on is seen.
+    let reload = state.next_reload();
     let key = frames::handshake_key(&req)?;
     identity::check_origin(config, &req, peer.tls)?;
     let query = router::query_pairs(req.uri().query());
@@ -74,6 +76,7 @@ pub fn upgrade(
         params,
         cred,
         path: req.uri().path().to_owned(),
+        reload,
     };
     state.shutdown.spawn(async move {
         match on_upgrade.await {
@@ -92,6 +95,8 @@ struct Context {
     params: Params,
     cred: Option<Credential>,
     path: String,
+    /// Cancelled at the next reload (then replaced): the session re-checks itself.
+    reload: CancellationToken,
 }
 
 /// One connection's state inside its task.
@@ -286,6 +291,7 @@ impl Conn {
                 Some(frame) = next_reply(&mut self.replies) => Box::pin(self.send(frame)).await,
                 frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
                 verdict = expired(&mut self.expiry) => self.on_expiry(verdict),
+                () = self.ctx.reload.cancelled() => self.on_reload(),
                 _ = heartbeat.tick() => Box::pin(self.heartbeat()).await,
             };
             if let Err(end) = step {
@@ -304,6 +310,15 @@ impl Conn {
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));
         self.session.identity = identity;
         Ok(())
+    }
+
+    /// The config was reloaded: an identity that may no longer hold its channels (or be
+    /// anonymous at all) is closed 4001 / 4003.
+    fn on_reload(&mut self) -> Result<(), End> {
+        self.ctx.reload = self.ctx.state.next_reload();
+        let config = self.ctx.state.config.load();
+        crate::realtime::still_allowed(&config, &self.session.identity, &self.session.channels)
+            .map_err(|e| End::Close(e.close_code(), e.reason()))
     }
 
     /// Writes one frame (see [`bounded`]).
