@@ -2,9 +2,12 @@
 //! with hyper-util's auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) builder.
 //!
 //! Owns: connection-level limits (header size; header read timeout, which also bounds
-//! the wait for a connection's first request; TLS handshake timeout), the
-//! open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
-//! connections are not hyper's any more; their tasks are on the shared tracker.
+//! the wait for a connection's first request; TLS handshake timeout; the HTTP/2 idle
+//! timeout), the open-connection gauge, the HTTP/2 stream tasks (each can be ended from
+//! outside, see [`h2_stream`]), and graceful drain of plain HTTP connections (a task
+//! tracker per listener). Builders are made per connection from the live config, so a
+//! reload applies to new connections. Upgraded connections are not hyper's any more;
+//! their tasks are on the shared tracker.
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
