@@ -167,18 +167,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn publish(state: &Admin, config: &Config, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
     authorized(config, &req)?;
     let limit = (config.limits.max_message_bytes * 4).max(1 << 20);
-    let body = read_body(req, limit).await?;
+    let body = read_body(req, limit, config.limits.body_read_timeout).await?;
     let ids = crate::publish::publish_body(&state.broker, config, &body).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "ids": ids })))
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Rejection> {
-    match Limited::new(req.into_body(), limit).collect().await {
+async fn read_body(req: Request<Incoming>, limit: usize, idle: std::time::Duration) -> Result<Bytes, Rejection> {
+    let body = crate::body_timeout::Idle::new(req.into_body(), idle);
+    match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::json(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) if crate::body_timeout::is_timeout(&*e) => Err(Rejection::json(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("no request body byte for {idle:?} (limits.body_read_timeout)"),
         )),
         Err(e) => Err(bad(format!("could not read the body: {e}"))),
     }

@@ -26,7 +26,8 @@
 //! - [`protocol`]: WebSocket wire types and close codes; [`publish`]: what a publish
 //!   request says and the checks every message passes (no HTTP).
 //! - [`limits`]: connection admission and client message rate; [`budget`]: publish
-//!   budgets per identity, shared by its connections.
+//!   budgets per identity, shared by its connections; [`body_timeout`]: request bodies
+//!   that may not stall.
 //! - [`auth`]: identity from the backend, cached with single-flight; [`webhook`]: signed
 //!   client messages and batched lifecycle events to the backend.
 //!
@@ -38,6 +39,7 @@
 pub mod admin;
 pub mod asset;
 pub mod auth;
+pub mod body_timeout;
 pub mod broker;
 pub mod budget;
 pub mod config;
@@ -177,6 +179,7 @@ impl App {
             backend: backend.clone(),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
+            reloads: Default::default(),
         });
         let admin_api = admin::Admin {
             config: Arc::clone(&config),
@@ -270,7 +273,13 @@ impl Handle {
         }
         let l = &new.limits;
         state.admin.broker.hub().set_limits(l.history_bytes, l.channels, l.replay_bytes);
-        state.config.store(Arc::new(new));
+        let new = Arc::new(new);
+        state.config.store(Arc::clone(&new));
+        // Existing channels take the reloaded history and presence settings; open
+        // sessions re-check their identity against the new policies.
+        let hub = state.admin.broker.hub();
+        hub.reconfigure(|name| policy::policy(&new, name).map(policy::retention));
+        state.realtime.reloaded();
         state.metrics.reload("config", "ok");
         Ok(restart)
     }
@@ -289,7 +298,7 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     let res = match router::route(&config, &path) {
         Route::PassThrough => {
             let proxy = state.backend.pool();
-            proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, req).await
+            proxy::forward(&proxy, &state.metrics, &state.shutdown, peer, config.limits.body_read_timeout, req).await
         }
         Route::Reserved(rest) => asset::serve(rest, &req),
         // Boxed: hyper keeps the request future's allocation for the connection's whole

@@ -54,6 +54,8 @@ pub async fn wait(
     if req.method() != Method::GET {
         return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "long-poll uses GET"));
     }
+    // Taken before anything is checked against `config`: a reload from here on is seen.
+    let mut reload = state.next_reload();
     let query = router::query_pairs(req.uri().query());
     let timeout = timeout(&query)?;
     let target = identity::Target { route, params: &params, query: &query, transport: "longpoll" };
@@ -66,11 +68,27 @@ pub async fn wait(
     let mut draining = false;
     if messages.is_empty() && opened.reset.is_empty() && !timeout.is_zero() {
         let evicted = stream.inbox.evicted().clone();
-        tokio::select! {
-            msg = stream.inbox.recv() => messages.extend(msg),
-            () = tokio::time::sleep(timeout) => {}
-            () = state.shutdown.cancelled() => draining = true,
-            () = evicted.cancelled() => {}
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                msg = stream.inbox.recv() => {
+                    messages.extend(msg);
+                    break;
+                }
+                () = &mut deadline => break,
+                () = state.shutdown.cancelled() => {
+                    draining = true;
+                    break;
+                }
+                () = evicted.cancelled() => break,
+                // A reload may take the channels away from this client: 401/403 now.
+                () = reload.cancelled() => {
+                    reload = state.next_reload();
+                    let config = state.config.load();
+                    crate::realtime::still_allowed(&config, &stream.session.identity, &stream.session.channels)?;
+                }
+            }
         }
     }
     while messages.len() < MAX_BATCH {

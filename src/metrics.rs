@@ -182,8 +182,17 @@ pub const TRANSPORTS: [&str; 3] = ["websocket", "sse", "longpoll"];
 /// Every reason sidewire closes an admitted realtime connection (`ErrorClose::why` too);
 /// `auth_revoked`: the re-check at the end of an auth TTL refused the client or one of
 /// its channels.
-const EVICTION_REASONS: [&str; 7] =
-    ["slow_consumer", "heartbeat_timeout", "rate_limit", "too_large", "invalid_utf8", "protocol_error", "auth_revoked"];
+/// `h2_idle`: an HTTP/2 connection with no open stream for `limits.h2_idle_timeout`.
+const EVICTION_REASONS: [&str; 8] = [
+    "slow_consumer",
+    "heartbeat_timeout",
+    "rate_limit",
+    "too_large",
+    "invalid_utf8",
+    "protocol_error",
+    "auth_revoked",
+    "h2_idle",
+];
 /// Reloads: (subject, outcome).
 const RELOADS: [(&str, &str); 5] =
     [("config", "ok"), ("config", "refused"), ("config", "invalid"), ("tls", "ok"), ("tls", "failed")];

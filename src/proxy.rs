@@ -54,6 +54,10 @@ pub enum ProxyError {
     BackendTimeout(Duration),
     #[error("backend request failed: {0}")]
     BackendFailed(String),
+    /// The client's request body stalled (`limits.body_read_timeout`): the backend
+    /// request is cancelled; not a backend failure.
+    #[error("request body stalled")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -61,6 +65,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::BadFraming(_) | Self::Unsupported(_) | Self::ClientBody(_) => "bad_request",
+            Self::BodyTimeout => "body_timeout",
             Self::BackendUnreachable(_) => "connect",
             Self::BackendTimeout(_) => "timeout",
             Self::BackendFailed(_) => "failed",
@@ -71,7 +76,7 @@ impl ProxyError {
 impl ProxyError {
     /// The client's mistake, not the backend's: not counted or logged as a backend failure.
     pub fn is_client(&self) -> bool {
-        matches!(self, Self::BadFraming(_) | Self::Unsupported(_) | Self::ClientBody(_))
+        matches!(self, Self::BadFraming(_) | Self::Unsupported(_) | Self::ClientBody(_) | Self::BodyTimeout)
     }
 }
 
@@ -90,6 +95,9 @@ impl From<ProxyError> for Rejection {
             }
             ProxyError::ClientBody(_) => {
                 Rejection::plain(StatusCode::BAD_REQUEST, "Bad Request: the request body is malformed or incomplete")
+            }
+            ProxyError::BodyTimeout => {
+                Rejection::plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout: the request body stalled")
             }
             ProxyError::BackendTimeout(_) => {
                 Rejection::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the backend did not answer in time")
@@ -251,6 +259,7 @@ impl Proxy {
         let result = match answer {
             None => Err(ProxyError::BackendTimeout(timeout)),
             Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
+            Some(Err(e)) if crate::body_timeout::is_timeout(&e) => Err(ProxyError::BodyTimeout),
             Some(Err(e)) if caused_by_client(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
             Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
             Some(Ok(res)) => Ok(res),
@@ -352,6 +361,7 @@ pub async fn forward(
     metrics: &Metrics,
     shutdown: &Shutdown,
     peer: Peer,
+    body_timeout: Duration,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     // The client's mistakes: answered here, never sent on, not counted as backend failures.
@@ -382,8 +392,15 @@ pub async fn forward(
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
-    let body = body.map_err(|e| crate::respond::BoxError::from(ClientBodyError(e)));
-    let out = Request::from_parts(parts, body.boxed_unsync());
+    // A client whose body stalls cancels the backend request (see `body_timeout`); its
+    // framing errors are marked as its own (`ClientBodyError`).
+    let body = if http_body::Body::is_end_stream(&body) {
+        body.map_err(Into::into).boxed_unsync()
+    } else {
+        let body = body.map_err(ClientBodyError);
+        crate::body_timeout::Idle::new(body, body_timeout).boxed_unsync()
+    };
+    let out = Request::from_parts(parts, body);
     let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         if let Some(key) = key {

@@ -7,8 +7,11 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
 use crate::Live;
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -34,4 +37,35 @@ pub struct Realtime {
     pub backend: Backend,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// Cancelled (and replaced) at each reload, so open sessions re-check themselves.
+    pub reloads: ArcSwap<CancellationToken>,
+}
+
+impl Realtime {
+    /// A token cancelled at the next reload.
+    pub fn next_reload(&self) -> CancellationToken {
+        CancellationToken::clone(&self.reloads.load())
+    }
+
+    /// Tells every open session that the config changed.
+    pub fn reloaded(&self) {
+        self.reloads.swap(Arc::new(CancellationToken::new())).cancel();
+    }
+}
+
+/// Whether a session of `identity` on `channels` may stay open under `config` (after a
+/// reload): [`AuthError::Missing`] (WebSocket 4001, HTTP 401) for an anonymous client
+/// when anonymous access is off or a channel is no longer public,
+/// [`AuthError::Forbidden`] (4003, 403) for a signed-in one that lost a channel.
+pub fn still_allowed(
+    config: &crate::Config,
+    identity: &crate::auth::Identity,
+    channels: &[crate::names::ChannelName],
+) -> Result<(), AuthError> {
+    let lost = channels.iter().any(|c| crate::policy::authorize(config, identity, c).is_err());
+    match &identity.user {
+        None if lost || !config.auth.anonymous => Err(AuthError::Missing),
+        Some(_) if lost => Err(AuthError::Forbidden),
+        _ => Ok(()),
+    }
 }

@@ -2,9 +2,12 @@
 //! with hyper-util's auto (HTTP/1.1 + HTTP/2, h2c by prior knowledge) builder.
 //!
 //! Owns: connection-level limits (header size; header read timeout, which also bounds
-//! the wait for a connection's first request; TLS handshake timeout), the
-//! open-connection gauge, and graceful drain of plain HTTP connections. Upgraded
-//! connections are not hyper's any more; their tasks are on the shared tracker.
+//! the wait for a connection's first request; TLS handshake timeout; the HTTP/2 idle
+//! timeout), the open-connection gauge, the HTTP/2 stream tasks (each can be ended from
+//! outside, see [`h2_stream`]), and graceful drain of plain HTTP connections (a task
+//! tracker per listener). Builders are made per connection from the live config, so a
+//! reload applies to new connections. Upgraded connections are not hyper's any more;
+//! their tasks are on the shared tracker.
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
@@ -19,15 +22,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::State;
 use crate::proxy::Peer;
 use crate::respond::{Body, BoxError};
 use crate::shutdown::Shutdown;
+use crate::{Config, State};
 
 /// Pause after a failed `accept` (typically out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -50,11 +54,45 @@ impl Kind {
     }
 }
 
+tokio::task_local! {
+    /// Inside an HTTP/2 stream's task: cancelling it drops the stream (hyper then
+    /// resets it with RST_STREAM(CANCEL)) and whatever its response body holds.
+    static STREAM: CancellationToken;
+}
+
+/// The token that ends the current HTTP/2 stream (see [`Executor`]); `None` on HTTP/1,
+/// where a request is served in its connection's task.
+pub fn h2_stream() -> Option<CancellationToken> {
+    STREAM.try_with(CancellationToken::clone).ok()
+}
+
 /// Runs the tasks hyper spawns (one per HTTP/2 stream) on the shutdown tracker and in
 /// the connection's span: a bare `tokio::spawn` would drop `conn{peer, listener}` from
-/// their logs and hide them from the drain.
+/// their logs and hide them from the drain. One per connection: it counts the
+/// connection's open streams (for `limits.h2_idle_timeout`) and gives each stream a
+/// token that ends it from outside, whatever hyper is waiting for (an SSE stream whose
+/// flow-control window is shut is never polled, so it cannot end itself).
 #[derive(Clone)]
-struct Executor(Shutdown);
+struct Executor {
+    shutdown: Shutdown,
+    streams: Arc<watch::Sender<usize>>,
+}
+
+/// One open HTTP/2 stream, counted while it lives.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn new(streams: &Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|n| *n += 1);
+        Self(Arc::clone(streams))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 impl<F> hyper::rt::Executor<F> for Executor
 where
@@ -62,15 +100,44 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
+        let open = Open::new(&self.streams);
+        let token = CancellationToken::new();
+        let stream = async move {
+            let _open = open;
+            tokio::select! {
+                _ = STREAM.scope(token.clone(), fut) => {}
+                () = token.cancelled() => {}
+            }
+        };
         // hyper calls this while polling the connection, so the current span is its `conn`.
-        self.0.spawn(fut.in_current_span());
+        self.shutdown.spawn(stream.in_current_span());
     }
 }
 
-fn builder(state: &State) -> auto::Builder<Executor> {
-    let config = state.config.load();
+/// Resolves once an HTTP/2 connection has had no open stream for `limit`; never for
+/// HTTP/1 (no stream is ever counted). A connection that never opens a stream is
+/// closed by `header_read_timeout` instead (see [`first_request_within`]).
+async fn idle(mut streams: watch::Receiver<usize>, limit: Duration) {
+    // The first stream says this is HTTP/2.
+    if streams.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    loop {
+        if streams.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        // Any change (a stream opened, or opened and done) restarts the wait.
+        if tokio::time::timeout(limit, streams.changed()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection's builder, from the config of the moment it was accepted: a reload's
+/// `max_header_bytes` and `header_read_timeout` apply to new connections.
+fn builder(config: &Config, exec: Executor) -> auto::Builder<Executor> {
     let limits = &config.limits;
-    let mut b = auto::Builder::new(Executor(state.shutdown.clone()));
+    let mut b = auto::Builder::new(exec);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -90,10 +157,10 @@ fn builder(state: &State) -> auto::Builder<Executor> {
 }
 
 /// Accepts until shutdown, then drains this listener's connections for at most
-/// `shutdown_grace`.
+/// `shutdown_grace`: each is told to finish (HTTP/1: after the request in flight;
+/// HTTP/2: GOAWAY, then its open streams end).
 pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(builder(&state));
+    let connections = TaskTracker::new();
     loop {
         let (stream, addr) = tokio::select! {
             () = state.shutdown.cancelled() => break,
@@ -106,13 +173,14 @@ pub async fn serve(listener: TcpListener, kind: Kind, state: Arc<State>) {
                 }
             },
         };
-        let conn = Connection { stream, addr, kind, watcher: graceful.watcher() };
+        let conn = Connection { stream, addr, kind };
         let span = tracing::debug_span!("conn", peer = %addr, listener = kind.label());
-        state.shutdown.spawn(conn.run(Arc::clone(&state), Arc::clone(&builder)).instrument(span));
+        state.shutdown.spawn(connections.track_future(conn.run(Arc::clone(&state)).instrument(span)));
     }
     drop(listener);
+    connections.close();
     let grace = state.config.load().shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!(listener = kind.label(), "shutdown grace elapsed with requests still in flight");
     }
 }
@@ -124,11 +192,10 @@ struct Connection {
     stream: TcpStream,
     addr: SocketAddr,
     kind: Kind,
-    watcher: Watcher,
 }
 
 impl Connection {
-    async fn run(self, state: Arc<State>, builder: Arc<auto::Builder<Executor>>) {
+    async fn run(self, state: Arc<State>) {
         let config = state.config.load_full();
         // Public and TLS connections count against the TCP caps; over them the socket is
         // closed at once (nothing read, nothing allocated). The admin listener is ours.
@@ -168,6 +235,15 @@ impl Connection {
             let state = Arc::clone(&svc_state);
             async move { Ok::<_, Infallible>(dispatch(state, kind, peer, req).await) }
         });
+        let (streams, open) = watch::channel(0);
+        let exec = Executor { shutdown: state.shutdown.clone(), streams: Arc::new(streams) };
+        let builder = builder(&config, exec);
+        let ends = Ends {
+            drain: state.shutdown.token().clone(),
+            idle: idle(open, config.limits.h2_idle_timeout),
+            abort,
+            metrics: Arc::clone(&state.metrics),
+        };
         // Boxed so both arms have one type (and rustc can see the future is `Send`).
         let served: Served = match (self.kind, &state.tls) {
             (Kind::Tls, Some(tls)) => {
@@ -178,24 +254,71 @@ impl Connection {
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Box::pin(self.watcher.watch(conn.into_owned()))
+                Box::pin(ends.drive(conn.into_owned()))
             }
             _ => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Box::pin(self.watcher.watch(conn.into_owned()))
+                Box::pin(ends.drive(conn.into_owned()))
             }
         };
-        let served: Served = Box::pin(async move {
-            tokio::select! {
-                out = served => out,
-                () = abort.cancelled() => Err("connection aborted by sidewire".into()),
-            }
-        });
         match first_request_within(served, &first_request, limit).await {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
             None => tracing::debug!("no request head within header_read_timeout; closed"),
         }
+    }
+}
+
+/// What ends a connection besides its client: the drain and the HTTP/2 idle timeout
+/// (both gracefully: GOAWAY, or close after the request in flight), and an [`Abort`].
+struct Ends<I> {
+    drain: CancellationToken,
+    idle: I,
+    abort: CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<I: Future<Output = ()>> Ends<I> {
+    async fn drive<C: Graceful>(self, conn: C) -> Result<(), BoxError> {
+        let mut conn = std::pin::pin!(conn);
+        let mut idle = std::pin::pin!(self.idle);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                out = conn.as_mut() => return out,
+                () = self.abort.cancelled() => return Err("connection aborted by sidewire".into()),
+                () = self.drain.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    closing = true;
+                    self.metrics.eviction("h2_idle");
+                    tracing::debug!("HTTP/2 connection idle for limits.h2_idle_timeout; GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish: hyper-util's auto connection.
+trait Graceful: Future<Output = Result<(), BoxError>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, B, S, E> Graceful for auto::UpgradeableConnection<'static, I, S, E>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
     }
 }
 

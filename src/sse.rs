@@ -69,6 +69,8 @@ pub async fn open(
     if req.method() != Method::GET {
         return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
     }
+    // Taken before anything is checked against `config`: a reload from here on is seen.
+    let reload = state.next_reload();
     let query = router::query_pairs(req.uri().query());
     let target = identity::Target { route, params: &params, query: &query, transport: "sse" };
     let opening = identity::stream_request(state, config, target, peer, &req).await?;
@@ -80,14 +82,19 @@ pub async fn open(
         .map(str::to_owned)
         .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
     let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
-    // On HTTP/1 an eviction closes the connection itself (see `server::Abort`).
-    let abort = (req.version() == http::Version::HTTP_11)
-        .then(|| req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()))
-        .flatten();
+    // An eviction ends the stream from outside, since hyper stops polling a body whose
+    // socket (HTTP/1) or flow-control window (HTTP/2) is full: on HTTP/1 it closes the
+    // connection (see `server::Abort`); on HTTP/2 it drops the stream (RST_STREAM(CANCEL),
+    // the other streams of the connection are innocent). Either way the queue is freed.
+    let abort = match req.version() {
+        http::Version::HTTP_2 => crate::server::h2_stream(),
+        http::Version::HTTP_11 => req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()),
+        _ => None,
+    };
     let (stream, opened) =
         Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort).await?;
     let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
-    let body = EventStream::new(state, config, stream, opened, recheck);
+    let body = EventStream::new(state, config, stream, opened, recheck, reload);
     let mut res = Response::new(body.boxed_unsync());
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -130,13 +137,22 @@ struct EventStream {
     heartbeat: tokio::time::Interval,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires at the next reload: the stream ends if its identity lost a channel.
+    reload: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Upper bound of the random reconnect delay announced at shutdown.
     spread: Duration,
     done: bool,
 }
 
 impl EventStream {
-    fn new(state: &Realtime, config: &Config, mut stream: Stream, opened: Opened, recheck: Recheck) -> Self {
+    fn new(
+        state: &Realtime,
+        config: &Config,
+        mut stream: Stream,
+        opened: Opened,
+        recheck: Recheck,
+        reload: tokio_util::sync::CancellationToken,
+    ) -> Self {
         let mut head = BytesMut::new();
         let _ = write!(head, "retry: {RETRY_MS}\nid: ");
         stream.write_cursor(&mut head);
@@ -164,6 +180,7 @@ impl EventStream {
             heartbeat,
             shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
             evicted,
+            reload: Box::pin(reload.cancelled_owned()),
             spread: config.shutdown_grace.max(Duration::from_secs(1)),
             done: false,
         }
@@ -216,6 +233,23 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// `Ready` when a reload left the identity without one of the stream's channels
+    /// (the client's reconnect then gets the 401/403).
+    fn poll_reload(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Loop so the next reload's token is polled (and registered) at once.
+        while self.reload.as_mut().poll(cx).is_ready() {
+            self.reload = Box::pin(self.recheck.state.next_reload().cancelled_owned());
+            let config = self.recheck.state.config.load();
+            let session = &self.stream.session;
+            if crate::realtime::still_allowed(&config, &session.identity, &session.channels).is_err() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
 impl http_body::Body for EventStream {
     type Data = Bytes;
     type Error = BoxError;
@@ -252,6 +286,10 @@ impl http_body::Body for EventStream {
             return Poll::Ready(Some(Ok(Frame::data(this.farewell()))));
         }
         if this.evicted.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if this.poll_reload(cx).is_ready() {
             this.done = true;
             return Poll::Ready(None);
         }

@@ -287,7 +287,9 @@ async fn slow_websocket_consumer_is_dropped_and_nobody_else_notices() {
     wait_metric(&server, &conns("websocket"), |v| v == 0.0).await;
 
     let (code, seen) = close_code(&mut slow).await;
-    assert!(code.is_none_or(|c| c == 1013), "a slow consumer is closed with 1013 (or cut off), got {code:?}");
+    // Slow but alive: once it reads again it gets what its socket held, then the 1013
+    // (the messages sidewire had queued but not written were dropped, not sent first).
+    assert_eq!(code, Some(1013), "a slow consumer is closed with 1013");
     assert!(seen < FLOOD, "the slow consumer was never dropped");
     server.stop().await;
 }

@@ -243,3 +243,25 @@ async fn websocket_over_tls_h2() {
     drop(ws);
     server.stop().await;
 }
+
+/// An open WebSocket stream keeps its HTTP/2 connection from counting as idle
+/// (`limits.h2_idle_timeout`): no GOAWAY while it lives, and it keeps delivering.
+#[tokio::test]
+async fn an_open_h2_websocket_keeps_its_connection_from_idling_out() {
+    let server = TestServer::start(&format!("{CONFIG}limits: {{ h2_idle_timeout: 300ms }}\n")).await;
+    let authority = server.public.to_string();
+    let mut send = h2(tokio::net::TcpStream::connect(server.public).await.unwrap()).await;
+    send.ready().await.unwrap();
+    let (_, ws) = open(&mut send, &authority, "/ws").await;
+    let mut ws = ws.unwrap();
+    ws.send(Message::text(json!({"type": "subscribe", "channel": "room:idle", "ref": 1}).to_string())).await.unwrap();
+    until_type(&mut ws, "subscribed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let id = Publisher::new(&server).publish("room:idle", None, "1").await;
+    assert_eq!(until_type(&mut ws, "message").await["id"], id);
+    // The connection still takes new streams.
+    let (status, _second) = open(&mut send, &authority, "/ws").await;
+    assert_eq!(status, StatusCode::OK);
+    drop((ws, _second));
+    server.stop().await;
+}

@@ -198,6 +198,10 @@ pub struct LimitsConfig {
     /// TCP connections on the public and TLS listeners (any protocol); beyond, closed at once.
     pub max_open_connections: usize,
     pub max_open_connections_per_ip: usize,
+    /// An HTTP/2 connection with no open stream for this long is closed with GOAWAY.
+    pub h2_idle_timeout: Duration,
+    /// A request body that sends no byte for this long is answered 408 (or aborted).
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

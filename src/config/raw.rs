@@ -224,6 +224,10 @@ pub struct RawLimits {
     pub channels_per_publish: usize,
     pub max_open_connections: usize,
     pub max_open_connections_per_ip: usize,
+    /// An HTTP/2 connection with no open stream for this long is closed with GOAWAY.
+    pub h2_idle_timeout: Dur,
+    /// A request body that sends no byte for this long is answered 408 (or aborted).
+    pub body_read_timeout: Dur,
 }
 
 impl Default for RawLimits {
@@ -246,6 +250,8 @@ impl Default for RawLimits {
             channels_per_publish: 100,
             max_open_connections: 200_000,
             max_open_connections_per_ip: 2000,
+            h2_idle_timeout: secs(120),
+            body_read_timeout: secs(30),
         }
     }
 }

@@ -358,6 +358,8 @@ fn limits(c: &mut Check<'_>, raw: RawLimits) -> LimitsConfig {
         channels_per_publish: raw.channels_per_publish,
         max_open_connections: raw.max_open_connections,
         max_open_connections_per_ip: raw.max_open_connections_per_ip,
+        h2_idle_timeout: c.nonzero_dur("limits.h2_idle_timeout", raw.h2_idle_timeout),
+        body_read_timeout: c.nonzero_dur("limits.body_read_timeout", raw.body_read_timeout),
     }
 }
 

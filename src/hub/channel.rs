@@ -63,8 +63,9 @@ pub struct Channel {
     last: u64,
     /// Cache mode: whether `last` is known (see the hub's module docs).
     synced: bool,
-    /// Limits from the channel's policy, refreshed on every publish and subscribe.
-    pub retention: Retention,
+    /// Limits from the channel's policy, refreshed on every publish and subscribe and at
+    /// reload (see [`Channel::set_retention`]).
+    retention: Retention,
     /// Present users, when the policy enables presence.
     presence: Option<Presence>,
     /// `leave`s caused by evictions during a fan-out, announced right after it.
@@ -244,6 +245,28 @@ impl Channel {
 
     pub fn presence(&self) -> Option<&Presence> {
         self.presence.as_ref()
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// Applies the channel's policy as it is now (a reload may change it under open
+    /// subscriptions): history limits take effect at the next trim; presence turned on
+    /// counts the current subscribers (no `join`s announced for them), turned off
+    /// forgets them.
+    pub fn set_retention(&mut self, retention: Retention) {
+        if retention.presence != self.presence.is_some() {
+            self.presence = retention.presence.then(|| {
+                let mut p = Presence::default();
+                for member in self.subscribers.iter().filter_map(|s| s.outbox.member.as_deref()) {
+                    p.join(member);
+                }
+                p
+            });
+            self.dirty = !self.announce;
+        }
+        self.retention = retention;
     }
 
     pub fn has(&self, conn: ConnId) -> bool {

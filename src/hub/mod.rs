@@ -389,7 +389,7 @@ impl Hub {
             _ => match shard.channels.get_mut(&draft.channel) {
                 Some(c) => {
                     if let Some(r) = retention {
-                        c.retention = r;
+                        c.set_retention(r);
                     }
                     c
                 }
@@ -586,7 +586,7 @@ impl Hub {
         for shard in self.0.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             out.extend(
-                shard.channels.iter().filter_map(|(n, c)| c.synced().map(|last| (n.clone(), last, c.retention))),
+                shard.channels.iter().filter_map(|(n, c)| c.synced().map(|last| (n.clone(), last, c.retention()))),
             );
         }
         out
@@ -595,7 +595,7 @@ impl Hub {
     /// Cache mode: where a synced channel stands (its last id) and its retention.
     pub fn position(&self, channel: &ChannelName) -> Option<(u64, Retention)> {
         let shard = self.shard(channel);
-        shard.channels.get(channel).and_then(|c| c.synced().map(|last| (last, c.retention)))
+        shard.channels.get(channel).and_then(|c| c.synced().map(|last| (last, c.retention())))
     }
 
     /// Every channel with a state here.
@@ -626,6 +626,19 @@ impl Hub {
         }
         if expired > 0 {
             self.0.stats.history.dec_by(expired as i64);
+        }
+    }
+
+    /// Applies reloaded channel policies to every channel state held: `policy` gives a
+    /// channel's retention now (`None`: no policy matches; left as it is).
+    pub fn reconfigure(&self, policy: impl Fn(&ChannelName) -> Option<Retention>) {
+        for shard in self.0.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, channel) in shard.channels.iter_mut() {
+                if let Some(r) = policy(name) {
+                    channel.set_retention(r);
+                }
+            }
         }
     }
 
@@ -677,7 +690,7 @@ impl Shard {
             self.channels.insert(name.clone(), state);
         }
         let channel = self.channels.entry(name.clone()).or_insert_with(|| Channel::unsynced(retention, totals));
-        channel.retention = retention;
+        channel.set_retention(retention);
         channel
     }
 

@@ -158,6 +158,18 @@ where
     .await;
 }
 
+/// [`close`], but the close frame may take up to `send` to get out (behind what the
+/// socket already holds for a slow reader), then [`CLOSE_TIMEOUT`] for the reply.
+pub async fn close_within<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &'static str, send: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
+    if let Ok(Ok(())) = tokio::time::timeout(send, ws.close(Some(frame))).await {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, read_to_close(ws)).await;
+    }
+}
+
 /// Fails the connection after a read error (RFC 6455 §7.1.7): sends the close `e` calls
 /// for, then, as the input can no longer be parsed as frames (tokio-tungstenite ends
 /// the stream at its first error), discards it until the peer closes (bounded).

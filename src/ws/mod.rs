@@ -9,6 +9,7 @@
 //! 1002/1007/1009, the closing handshake) is in `frames.rs`, shared with the Autobahn
 //! conformance example; client requests are handled in `requests.rs`.
 
+mod cut;
 pub mod frames;
 mod requests;
 
@@ -48,7 +49,7 @@ const MAX_STRIKES: u32 = 10;
 /// Client messages awaiting the backend webhook at once, per connection.
 const MAX_PENDING_WEBHOOKS: usize = 16;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<cut::Cut<TokioIo<Upgraded>>>;
 type Expiry = Pin<Box<dyn Future<Output = Result<Arc<Identity>, AuthError>> + Send>>;
 
 /// Validates the handshake (HTTP/1.1 upgrade or HTTP/2 extended CONNECT), checks origin
@@ -61,6 +62,8 @@ pub fn upgrade(
     peer: Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
+    // Taken before anything is checked against `config`: a reload from here on is seen.
+    let reload = state.next_reload();
     let handshake = frames::handshake(&req)?;
     identity::check_origin(config, &req, peer.tls).inspect_err(|_| state.metrics.refused("websocket", "origin"))?;
     let query = router::query_pairs(req.uri().query());
@@ -78,6 +81,7 @@ pub fn upgrade(
         cred,
         path: req.uri().path().to_owned(),
         ip: peer.addr.ip(),
+        reload,
     };
     state.shutdown.spawn(async move {
         match on_upgrade.await {
@@ -100,6 +104,8 @@ struct Context {
     path: String,
     /// The client's address: anonymous publishes spend this address's budget.
     ip: std::net::IpAddr,
+    /// Cancelled at the next reload (then replaced): the session re-checks itself.
+    reload: CancellationToken,
 }
 
 /// Net rate-limit violations of one connection, by limit.
@@ -156,8 +162,8 @@ impl Interrupt {
 /// Runs one socket write, bounded by `timeout` (a peer that stops reading must not pin
 /// the task) and abandoned as soon as `interrupt` fires: a consumer too slow for its
 /// queue is usually stuck in exactly such a write, and SPEC §9 drops it now, not when
-/// the heartbeat timeout runs out. An abandoned write leaves whole frames in
-/// tungstenite's buffer, so the close frame sent next still queues up behind them.
+/// the heartbeat timeout runs out. An abandoned write leaves frames in tungstenite's
+/// buffer; the close drops them (see `cut.rs`) so the close frame goes out next.
 async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Result<(), End>
 where
     F: Future<Output = Result<(), WsError>>,
@@ -185,7 +191,8 @@ enum End {
 
 async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     let config = Some(frames::config(ctx.config.limits.max_message_bytes));
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, config).await;
+    let io = cut::Cut::new(TokioIo::new(io));
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
     // WebSocket channels come from the route or later `subscribe` requests, not the query.
     let channels = identity::requested_channels(&ctx.route, &ctx.params, &[]);
     let ask = AuthRequest { transport: "websocket", path: &ctx.path, channels };
@@ -227,7 +234,17 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
     match end {
         End::Close(code, reason) => {
             conn.session.ended = Some((code, reason));
-            Box::pin(frames::close(&mut conn.ws, code, reason)).await
+            // The session ends now: its slot, subscriptions and queue are freed whatever
+            // the closing handshake takes. Messages not yet written are dropped so the
+            // close frame reaches a slow-but-alive client next.
+            let Conn { ctx, mut ws, session, outbox, inbox, .. } = conn;
+            drop((session, outbox, inbox));
+            ws.get_mut().cut();
+            // A slow consumer gets until the write-stall limit to read its close; at
+            // shutdown the drain does not wait for slow readers beyond CLOSE_TIMEOUT.
+            let send =
+                if code == close_code::SLOW_CONSUMER { ctx.config.heartbeat.timeout } else { frames::CLOSE_TIMEOUT };
+            Box::pin(frames::close_within(&mut ws, code, reason, send)).await
         }
         End::Fail(e) => {
             conn.session.ended = Some((e.code, e.reason));
@@ -295,6 +312,7 @@ impl Conn {
                 Some(frame) = next_reply(&mut self.replies) => Box::pin(self.send(frame)).await,
                 frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
                 verdict = expired(&mut self.expiry) => self.on_expiry(verdict),
+                () = self.ctx.reload.cancelled() => self.on_reload(),
                 _ = heartbeat.tick() => Box::pin(self.heartbeat()).await,
             };
             if let Err(end) = step {
@@ -318,6 +336,15 @@ impl Conn {
         self.expiry = arm_expiry(&self.ctx, Arc::clone(&identity));
         self.session.identity = identity;
         Ok(())
+    }
+
+    /// The config was reloaded: an identity that may no longer hold its channels (or be
+    /// anonymous at all) is closed 4001 / 4003.
+    fn on_reload(&mut self) -> Result<(), End> {
+        self.ctx.reload = self.ctx.state.next_reload();
+        let config = self.ctx.state.config.load();
+        crate::realtime::still_allowed(&config, &self.session.identity, &self.session.channels)
+            .map_err(|e| End::Close(e.close_code(), e.reason()))
     }
 
     /// Writes one frame (see [`bounded`]).
