@@ -5,6 +5,9 @@
 mod support;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -223,33 +226,51 @@ const FLOOD: usize = 2000;
 const SMALL_QUEUE: &str = "limits: { subscriber_queue: 128 }";
 
 /// Reads `FLOOD` messages from a WebSocket and checks they are `0..FLOOD` in order.
-async fn read_all_ws<S>(mut ws: tokio_tungstenite::WebSocketStream<S>) -> usize
+async fn read_all_ws<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, progress: Progress) -> usize
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     for n in 0..FLOOD {
         let v = expect_type(&mut ws, "message").await;
         assert_eq!(v["data"]["n"], n, "websocket subscriber saw a gap or reorder");
+        progress.store(n + 1, Ordering::Relaxed);
     }
     hang_up(ws).await;
     FLOOD
 }
 
-async fn read_all_sse(mut sse: Sse) -> usize {
+async fn read_all_sse(mut sse: Sse, progress: Progress) -> usize {
     for n in 0..FLOOD {
         let ev = sse.next().await.expect("SSE stream of a fast reader ended");
         let data: Value = serde_json::from_str(ev.data.as_deref().unwrap()).unwrap();
         assert_eq!(data["n"], n, "SSE subscriber saw a gap or reorder");
+        progress.store(n + 1, Ordering::Relaxed);
     }
     FLOOD
 }
 
 /// Publishes `FLOOD` bulky messages one request at a time; every one must be a 200.
-async fn flood(server: &TestServer, channel: &str) {
+/// How many messages a fast reader has read.
+type Progress = Arc<AtomicUsize>;
+
+/// Messages a fast reader may lag behind the publisher: half of `SMALL_QUEUE`, so a
+/// reader descheduled on a loaded machine (the suite runs beside builds) is never taken
+/// for a slow consumer, while the stalled one, which reads nothing, still overflows.
+const LAG: usize = 64;
+
+/// Publishes `FLOOD` bulky messages one request at a time; every one must be a 200. The
+/// publisher waits while a fast reader is more than [`LAG`] messages behind.
+async fn flood(server: &TestServer, channel: &str, fast: &[Progress]) {
     let client = http();
     for n in 0..FLOOD {
         let res = publish(&client, server, channel, bulky(n)).await;
         assert_eq!(res.status(), 200, "publish {n} failed");
+        within("fast readers to keep up", async {
+            while fast.iter().any(|p| p.load(Ordering::Relaxed) + LAG <= n) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
     }
 }
 
@@ -267,17 +288,18 @@ async fn slow_websocket_consumer_is_dropped_and_nobody_else_notices() {
     let mut slow = ws_raw(&server, None, true).await.unwrap();
     subscribe(&mut slow, "feed").await;
     let mut readers = Vec::new();
-    for _ in 0..3 {
+    let progress: Vec<Progress> = (0..5).map(|_| Progress::default()).collect();
+    for p in &progress[..3] {
         let mut w = ws(&server).await;
         subscribe(&mut w, "feed").await;
-        readers.push(spawn(read_all_ws(w)));
+        readers.push(spawn(read_all_ws(w, Arc::clone(p))));
     }
-    for _ in 0..2 {
-        readers.push(spawn(read_all_sse(sse(&server, "channel=feed").await)));
+    for p in &progress[3..] {
+        readers.push(spawn(read_all_sse(sse(&server, "channel=feed").await, Arc::clone(p))));
     }
 
     // From here on `slow` is never polled until the flood is over.
-    flood(&server, "feed").await;
+    flood(&server, "feed", &progress).await;
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
@@ -301,9 +323,13 @@ async fn stalled_sse_reader_stream_ends() {
     wait_metric(&server, &conns("sse"), |v| v == 1.0).await;
     let mut w = ws(&server).await;
     subscribe(&mut w, "feed").await;
-    let readers = vec![spawn(read_all_ws(w)), spawn(read_all_sse(sse(&server, "channel=feed").await))];
+    let progress = [Progress::default(), Progress::default()];
+    let readers = vec![
+        spawn(read_all_ws(w, Arc::clone(&progress[0]))),
+        spawn(read_all_sse(sse(&server, "channel=feed").await, Arc::clone(&progress[1]))),
+    ];
 
-    flood(&server, "feed").await;
+    flood(&server, "feed", &progress).await;
     for r in readers {
         assert_eq!(within("a fast reader", r).await.unwrap(), FLOOD);
     }
