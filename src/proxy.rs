@@ -365,7 +365,15 @@ pub async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     // The client's mistakes: answered here, never sent on, not counted as backend failures.
-    check_framing(req.version(), req.uri(), req.headers())?;
+    if let Err(e) = check_framing(req.version(), req.uri(), req.headers()) {
+        let mut refused = Rejection::from(e);
+        // What follows on the connection may be framed otherwise than we would read it
+        // (RFC 9112 §6.3): close it after the answer instead of reading a next request.
+        if req.version() < Version::HTTP_2 {
+            refused.headers.push((header::CONNECTION, HeaderValue::from_static("close")));
+        }
+        return Err(refused);
+    }
     let upgrade = upgrade_protocol(&req);
     // An HTTP/2 WebSocket (RFC 8441) reaches the backend as the HTTP/1.1 upgrade it knows.
     let connect = upgrade.is_none() && is_websocket_connect(&req);

@@ -526,6 +526,28 @@ async fn content_length_with_transfer_encoding_uses_chunked_and_closes() {
     server.stop().await;
 }
 
+/// A refused framing closes the connection: the bytes after the refused request are
+/// never read as a next request (found by `checks/smuggling.sh`).
+#[tokio::test]
+async fn refused_framing_closes_the_connection() {
+    let backend = FakeBackend::echo().await;
+    let server = TestServer::start(&backend_yaml(&backend)).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (head, status) in [
+        ("Host: a\r\nTransfer-Encoding: gzip, chunked", "501"),
+        ("Host: a\r\nTransfer-Encoding: x-custom\r\nTransfer-Encoding: chunked", "501"),
+        ("Host: a\r\nHost: b\r\nTransfer-Encoding: chunked", "400"),
+    ] {
+        // No `Connection: close` asked for: reading to the close proves the server closes.
+        let reply = raw_exchange(&server, &format!("POST /x HTTP/1.1\r\n{head}\r\n\r\n0\r\n\r\n{smuggled}")).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}: {reply:?}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{head:?}: {reply:?}");
+        assert_eq!(header_values(&reply, "connection"), ["close"], "{head:?}");
+    }
+    assert!(backend.recorded().is_empty(), "{:?}", backend.recorded());
+    server.stop().await;
+}
+
 /// HTTP/2 has no Transfer-Encoding, and h2 only checks the first `content-length`:
 /// a repeated one reaches our own framing check.
 #[tokio::test]
