@@ -10,9 +10,13 @@
 #   bench/autobahn.sh                 # cases 1-11 (12.*/13.* need permessage-deflate)
 #   PORT=9001 bench/autobahn.sh       # a fixed port instead of a free one
 #   MAX_MESSAGE_BYTES=65536 bench/autobahn.sh -i '9.*'   # production's default limit
+#   SERVER=/tmp/deflate-eval/x/target/release/echo EXCLUDE= bench/autobahn.sh   # 1-13, another server
 #
 # Arguments are passed on to kosoku. Env: PYTHON (default python3, needs >= 3.10), PORT,
-# OUT (reports dir), RUN_TIMEOUT (seconds for the kosoku run), MAX_MESSAGE_BYTES.
+# OUT (reports dir), RUN_TIMEOUT (seconds for the kosoku run), MAX_MESSAGE_BYTES,
+# SERVER (an echo server binary run as `$SERVER <port>` instead of building ws_echo;
+# MAX_MESSAGE_BYTES does not apply to it), EXCLUDE (space-separated case patterns passed
+# as `-x`; default '12.* 13.*'; set it empty to run every case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +24,13 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-bench/out/autobahn}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 VENV=bench/out/venv
+SERVER=${SERVER:-}
+# `-` not `:-`: an empty EXCLUDE means exclude nothing.
+EXCLUDE=${EXCLUDE-12.* 13.*}
+exclude_args=()
+set -f  # the patterns are kosoku's, not the shell's
+for pattern in $EXCLUDE; do exclude_args+=(-x "$pattern"); done
+set +f
 # Autobahn's 9.* cases send messages of up to 16 MiB, the most production accepts.
 MAX_MESSAGE_BYTES=${MAX_MESSAGE_BYTES:-$((16 << 20))}
 
@@ -30,7 +41,13 @@ if ! "$VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("ko
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kosoku==0.1.0
 fi
 
-cargo build --release --example ws_echo
+if [ -z "$SERVER" ]; then
+  cargo build --release --example ws_echo
+  SERVER=target/release/examples/ws_echo
+  server_args=(--max-message-bytes "$MAX_MESSAGE_BYTES")
+else
+  server_args=()
+fi
 
 if [ -z "${PORT:-}" ]; then
   # A free port, so parallel worktrees and a stray server on 9001 do not collide.
@@ -42,7 +59,7 @@ cleanup() { if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true
 trap cleanup EXIT INT TERM
 
 mkdir -p "$OUT"
-target/release/examples/ws_echo "$PORT" --max-message-bytes "$MAX_MESSAGE_BYTES" 2>"$OUT/server.log" &
+"$SERVER" "$PORT" ${server_args[@]+"${server_args[@]}"} 2>"$OUT/server.log" &
 server_pid=$!
 # Ready when the port accepts; give up after 10 s (the server may have failed to bind).
 ready=
@@ -51,12 +68,12 @@ for _ in $(seq 100); do
   kill -0 "$server_pid" 2>/dev/null || break
   sleep 0.1
 done
-[ -n "$ready" ] || { echo "autobahn: ws_echo is not listening on $PORT" >&2; cat "$OUT/server.log" >&2; exit 1; }
+[ -n "$ready" ] || { echo "autobahn: $SERVER is not listening on $PORT" >&2; cat "$OUT/server.log" >&2; exit 1; }
 
 rm -f "$OUT/index.json"
 started=$(date +%s)
 set +e
-timeout "$RUN_TIMEOUT" "$VENV/bin/kosoku" -m fuzzingclient -p 4 -x '12.*' -x '13.*' -o "$OUT" "$@" "127.0.0.1:$PORT"
+timeout "$RUN_TIMEOUT" "$VENV/bin/kosoku" -m fuzzingclient -p 4 ${exclude_args[@]+"${exclude_args[@]}"} -o "$OUT" "$@" "127.0.0.1:$PORT"
 kosoku_rc=$?
 set -e
 echo "kosoku exited $kosoku_rc after $(($(date +%s) - started)) s"
