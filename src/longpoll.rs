@@ -5,18 +5,24 @@
 //! The response is `{"messages": [...], "cursor": "..."}`; when history could not fill
 //! the gap since `cursor`, it also carries `"reset": [channels]` and answers at once, so
 //! the client refetches its state (the long-poll form of SSE's `event: reset`).
+//!
+//! The answer is written around each message's stored data, never re-parsed: the data
+//! goes out byte for byte as stored (as on WebSocket and SSE), and a large replay costs
+//! its own size once more, not a JSON tree per payload.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::config::{Config, RouteConfig, Transport};
 use crate::hub::Message;
 use crate::proxy::Peer;
 use crate::realtime::Realtime;
-use crate::respond::{Body, Rejection, json};
+use crate::respond::{Body, Rejection, with_body};
 use crate::session::Session;
 use crate::stream::Stream;
 use crate::template::Params;
@@ -99,7 +105,7 @@ pub async fn wait(
     }
     messages.truncate(MAX_BATCH);
     stream.session.delivered = messages.len() as u64;
-    let mut res = json(StatusCode::OK, &answer(&mut stream, &messages, &opened.reset));
+    let mut res = with_body(StatusCode::OK, "application/json", answer(&mut stream, &messages, &opened.reset));
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if draining {
         let secs = 1 + crate::sse::spread_ms(stream.session.conn, config.shutdown_grace) / 1000;
@@ -110,17 +116,46 @@ pub async fn wait(
     Ok(res)
 }
 
-fn answer(stream: &mut Stream, messages: &[Arc<Message>], reset: &[crate::names::ChannelName]) -> serde_json::Value {
-    let list: Vec<serde_json::Value> = messages
+/// The response body. Fields are in alphabetical order, as this answer was always written.
+#[derive(Serialize)]
+struct Answer<'a> {
+    cursor: String,
+    messages: Vec<Entry<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    reset: Vec<&'a str>,
+}
+
+/// One message: `{channel, data, event?, id?, user?}`.
+#[derive(Serialize)]
+struct Entry<'a> {
+    channel: &'a str,
+    /// Written as stored: serde_json copies a `RawValue` through without parsing it.
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Client publishes only: the sender (`null` when anonymous).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<Option<&'a str>>,
+}
+
+fn answer(stream: &mut Stream, messages: &[Arc<Message>], reset: &[crate::names::ChannelName]) -> Vec<u8> {
+    let messages = messages
         .iter()
         .map(|m| {
             stream.advance(m);
-            m.json()
+            Entry {
+                channel: m.channel.as_str(),
+                data: &m.data,
+                event: m.event.as_deref(),
+                id: m.id.map(|id| id.to_string()),
+                user: m.sender.as_ref().map(|u| u.as_deref()),
+            }
         })
         .collect();
-    let mut out = serde_json::json!({ "messages": list, "cursor": stream.cursor().to_string() });
-    if !reset.is_empty() {
-        out["reset"] = reset.iter().map(|c| c.as_str()).collect::<Vec<_>>().into();
-    }
-    out
+    let reset = reset.iter().map(|c| c.as_str()).collect();
+    let answer = Answer { cursor: stream.cursor().to_string(), messages, reset };
+    // Cannot fail: every field is a string, an option or valid JSON text.
+    serde_json::to_vec(&answer).unwrap_or_default()
 }

@@ -238,7 +238,7 @@ mod tests {
             crate::names::ChannelName::new("room:1").unwrap(),
             Some(crate::hub::cursor::MessageId { epoch: 10, seq: 3 }),
             Some("chat".into()),
-            RawValue::from_string("\"hi\"".into()).unwrap(),
+            RawValue::from_string("\"hi\"".into()).unwrap().into(),
         );
         assert_eq!(
             encode_message(&msg),

@@ -7,7 +7,8 @@
 //! `idempotency_key` makes a retried publish return the first ids instead of delivering
 //! twice (the broker remembers keys for 5 minutes; redis mode: on every instance).
 //! Also the checks every message passes whoever publishes it ([`prepare`]: policy, size,
-//! event name) and the compaction of its data. No HTTP here: the admin handlers read the
+//! event name) and the compaction of its data, done once per message: every channel of
+//! one publish shares that one copy (SPEC §9). No HTTP here: the admin handlers read the
 //! request and call [`publish_body`].
 
 use serde::{Deserialize, Deserializer};
@@ -18,7 +19,7 @@ use http::StatusCode;
 use crate::broker::{Broker, Idempotency, Outgoing};
 use crate::config::Config;
 use crate::hub::cursor::MessageId;
-use crate::hub::{ConnRef, Draft, Retention};
+use crate::hub::{ConnRef, Data, Draft, Retention};
 use crate::names::ChannelName;
 use crate::policy::{self, ChannelError, policy, retention};
 use crate::protocol::ErrorCode;
@@ -129,6 +130,7 @@ fn check(config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejecti
         return Err(bad(at(format!("at most {most} channels per message (limits.channels_per_publish)"))));
     }
     let data = item.data.as_deref().ok_or_else(|| bad(at("\"data\" is required".into())))?;
+    let data = Shared::new(data);
     let exclude = match &item.exclude_connection {
         Some(text) => Some(ConnRef::parse(text).ok_or_else(|| {
             bad(at(format!("\"exclude_connection\" {text:?} is not a connection id (the `connection` of `welcome`)")))
@@ -143,7 +145,8 @@ fn check(config: &Config, item: &Item, index: usize) -> Result<Outgoing, Rejecti
     let mut drafts = Vec::with_capacity(names.len());
     for name in names {
         let channel: ChannelName = policy::channel_name(name).map_err(|e| with_index(e, index))?;
-        let p = Publish { channel: &channel, event: item.event.as_deref(), data, exclude, sender: None, from: None };
+        let p =
+            Publish { channel: &channel, event: item.event.as_deref(), data: &data, exclude, sender: None, from: None };
         drafts.push(prepare(config, &p).map_err(|e| with_index(e, index))?);
     }
     let idempotency = item.idempotency_key.as_deref().filter(|k| !k.is_empty()).map(|k| Idempotency::new(k, &drafts));
@@ -170,11 +173,26 @@ pub async fn publish_list(
     publish_items(broker, config, items).await
 }
 
+/// Published data, compacted once and shared by every channel it goes to (SPEC §9: one
+/// publish to 2,000 channels holds one copy of its data, not 2,000).
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Length as given: the size limit applies to what the publisher sent.
+    given: usize,
+    data: Data,
+}
+
+impl Shared {
+    pub fn new(raw: &RawValue) -> Self {
+        Self { given: raw.get().len(), data: compact(raw) }
+    }
+}
+
 /// A message to publish, as the API or a client gave it.
 pub struct Publish<'a> {
     pub channel: &'a ChannelName,
     pub event: Option<&'a str>,
-    pub data: &'a RawValue,
+    pub data: &'a Shared,
     pub exclude: Option<ConnRef>,
     /// The publishing client's user (`Some(None)`: anonymous); `None` from the backend.
     pub sender: Option<Option<std::sync::Arc<str>>>,
@@ -188,7 +206,7 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
     let policy = policy(config, p.channel).ok_or_else(|| {
         ChannelError::new(ErrorCode::UnknownChannel, format!("no channel policy matches {}", p.channel))
     })?;
-    if p.data.get().len() > config.limits.max_message_bytes {
+    if p.data.given > config.limits.max_message_bytes {
         return Err(ChannelError::new(
             ErrorCode::TooLarge,
             format!("data is larger than {} bytes", config.limits.max_message_bytes),
@@ -207,7 +225,7 @@ pub fn prepare(config: &Config, p: &Publish<'_>) -> Result<(Draft, Retention), C
     let draft = Draft {
         channel: p.channel.clone(),
         event: p.event.map(Into::into),
-        data: compact(p.data),
+        data: Data::clone(&p.data.data),
         ephemeral,
         exclude: p.exclude,
         sender: p.sender.clone(),
@@ -237,10 +255,10 @@ fn reserved(event: &str) -> bool {
 
 /// JSON with every insignificant space removed (SSE sends data as compact JSON). Works
 /// on the text, so numbers keep their exact digits.
-pub fn compact(raw: &RawValue) -> Box<RawValue> {
+pub fn compact(raw: &RawValue) -> Data {
     let text = raw.get();
     if !text.bytes().any(|b| b.is_ascii_whitespace()) {
-        return raw.to_owned();
+        return raw.to_owned().into();
     }
     let mut out = String::with_capacity(text.len());
     let (mut in_string, mut escaped) = (false, false);
@@ -260,7 +278,7 @@ pub fn compact(raw: &RawValue) -> Box<RawValue> {
             out.push(c);
         }
     }
-    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned())
+    RawValue::from_string(out).unwrap_or_else(|_| raw.to_owned()).into()
 }
 
 #[cfg(test)]
@@ -279,6 +297,33 @@ mod tests {
         assert_eq!(null.data.as_ref().unwrap().get(), "null");
         let mixed: Payload = serde_json::from_str(r#"{"messages":[{"channel":"a","data":1}],"event":"e"}"#).unwrap();
         assert!(mixed.into_items().is_err());
+    }
+
+    /// SPEC §9: one publish to many channels stores one copy of its data, whichever
+    /// channel's history it is read back from.
+    #[tokio::test]
+    async fn one_publish_to_many_channels_stores_one_copy_of_its_data() {
+        use crate::broker::{Memory, Resume};
+        use crate::hub::{Hub, HubStats, outbox};
+        use std::sync::Arc;
+
+        let config = Config::from_yaml("", &|_| None).unwrap();
+        let broker = Broker::Memory(Arc::new(Memory::new(Hub::new(HubStats::default()))));
+        let body = br#"{"channels":["a","b","c"],"data":{ "x": [1, 2.50] }}"#;
+        assert_eq!(publish_body(&broker, &config, body).await.unwrap().len(), 3);
+        let retention = Retention { size: 10, ttl: std::time::Duration::from_secs(60), presence: false };
+        let mut stored = Vec::new();
+        for name in ["a", "b", "c"] {
+            let (o, _inbox) = outbox(broker.hub().next_conn(), None, 4);
+            let resume = Resume::After { epoch: broker.epoch(), seq: 0 };
+            let sub = broker.subscribe(&ChannelName::new(name).unwrap(), &o, resume, retention).await.unwrap();
+            assert_eq!(sub.replay.len(), 1, "{name}");
+            stored.push(Data::clone(&sub.replay[0].data));
+        }
+        assert_eq!(stored[0].get(), r#"{"x":[1,2.50]}"#);
+        assert!(stored.iter().all(|d| Arc::ptr_eq(d, &stored[0])), "one allocation for every channel");
+        // The three history entries and the three clones above: no other copy holds it.
+        assert_eq!(Arc::strong_count(&stored[0]), 6);
     }
 
     #[test]

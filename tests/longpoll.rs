@@ -244,3 +244,25 @@ async fn polling_a_quiet_channel_while_others_are_busy() {
     assert_eq!(got, json!({ "messages": [message("news:quiet", &id, json!("m"))], "cursor": id }));
     server.stop().await;
 }
+
+/// The answer is written around the stored data, never re-parsed: key order, duplicate
+/// keys, number spellings and escapes reach the client as published (compacted), which a
+/// round trip through a JSON tree would change (`2.50` → `2.5`, keys sorted, `\u00e9` → `é`).
+#[tokio::test]
+async fn data_goes_out_byte_for_byte_as_stored() {
+    let server = TestServer::start(CONFIG).await;
+    let start = poll(&server, "channel=news:raw&timeout=0").await;
+    let cursor = start["cursor"].as_str().unwrap().to_owned();
+    let data = r#"{"z": 1, "a": [2.50, 1e2, -0.0, 123456789012345678901234567890], "z": "\u00e9\/", "n": 1.0E+2}"#;
+    let (status, ids) = publish_raw(&server, format!(r#"{{"channel":"news:raw","event":"e","data":{data}}}"#)).await;
+    assert_eq!(status, 200, "{ids}");
+    let id = ids["ids"][0].as_str().unwrap();
+    let res = http().get(server.url(&format!("/poll?channel=news:raw&since={cursor}&timeout=0"))).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let compact = r#"{"z":1,"a":[2.50,1e2,-0.0,123456789012345678901234567890],"z":"\u00e9\/","n":1.0E+2}"#;
+    let expected = format!(
+        r#"{{"cursor":"{id}","messages":[{{"channel":"news:raw","data":{compact},"event":"e","id":"{id}"}}]}}"#
+    );
+    assert_eq!(res.text().await.unwrap(), expected);
+    server.stop().await;
+}

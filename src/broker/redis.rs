@@ -762,7 +762,7 @@ fn draft(channel: &ChannelName, envelope: &str, ephemeral: bool) -> Option<Draft
     Some(Draft {
         channel: channel.clone(),
         event: env.event.map(Into::into),
-        data: env.data.to_owned(),
+        data: env.data.to_owned().into(),
         ephemeral,
         exclude: env.exclude.and_then(ConnRef::parse),
         sender: env.client.filter(|c| *c).map(|_| env.user.map(Arc::from)),

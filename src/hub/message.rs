@@ -1,8 +1,11 @@
 //! A published message, shared by every subscriber as `Arc<Message>`, with a slot per
 //! transport where that transport caches its encoding (so it is encoded at most once
 //! per transport). The hub never encodes: the transports fill the slots.
+//!
+//! The data is shared too: one publish to many channels makes one `Message` per channel,
+//! all holding the same [`Data`] allocation (SPEC §9: one copy of its data).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
 use super::Draft;
@@ -10,6 +13,10 @@ use super::cursor::MessageId;
 use crate::names::ChannelName;
 use bytes::Bytes;
 use serde_json::value::RawValue;
+
+/// A message's data as published: compact JSON text, shared by every channel of one
+/// publish and written out as is by every transport (never re-parsed).
+pub type Data = Arc<RawValue>;
 
 /// Identifies a connection within this instance.
 pub type ConnId = u64;
@@ -55,7 +62,7 @@ pub struct Message {
     /// `None` for ephemeral events: never stored, never replayed, never move a cursor.
     pub id: Option<MessageId>,
     pub event: Option<Box<str>>,
-    pub data: Box<RawValue>,
+    pub data: Data,
     /// Not delivered to this connection (the sender of a webhook-approved message).
     pub exclude: Option<ConnId>,
     /// The publishing client's user, stamped by sidewire (see [`super::Draft::sender`]).
@@ -71,7 +78,7 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(channel: ChannelName, id: Option<MessageId>, event: Option<Box<str>>, data: Box<RawValue>) -> Self {
+    pub fn new(channel: ChannelName, id: Option<MessageId>, event: Option<Box<str>>, data: Data) -> Self {
         Self {
             kind: Kind::Publish,
             channel,
@@ -96,7 +103,7 @@ impl Message {
             data["info"] = info.cloned().unwrap_or(serde_json::Value::Null);
         }
         let data = data.to_string();
-        let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::NULL.to_owned()).into();
         let (kind, event) = if join { (Kind::Join, "join") } else { (Kind::Leave, "leave") };
         let mut msg = Self::new(channel, None, Some(event.into()), data);
         msg.kind = kind;
@@ -111,23 +118,5 @@ impl Message {
         msg.sender = draft.sender;
         msg.from = draft.from.filter(|r| r.instance == here).map(|r| r.conn);
         msg
-    }
-
-    /// The JSON object used in long-poll responses and history: `{channel,id,event?,data}`.
-    pub fn json(&self) -> serde_json::Value {
-        let mut obj = serde_json::Map::new();
-        obj.insert("channel".into(), self.channel.as_str().into());
-        if let Some(id) = self.id {
-            obj.insert("id".into(), id.to_string().into());
-        }
-        if let Some(ev) = &self.event {
-            obj.insert("event".into(), ev.as_ref().into());
-        }
-        let data = serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null);
-        obj.insert("data".into(), data);
-        if let Some(user) = &self.sender {
-            obj.insert("user".into(), user.as_deref().into());
-        }
-        serde_json::Value::Object(obj)
     }
 }

@@ -43,12 +43,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 
-use serde_json::value::RawValue;
-
 pub use channel::Retention;
 use channel::{Channel, Fanout, Totals};
 use cursor::{Epoch, MessageId};
-pub use message::{ConnId, ConnRef, Message};
+pub use message::{ConnId, ConnRef, Data, Message};
 pub use outbox::{Inbox, Outbox, outbox, outbox_with};
 pub use presence::Member;
 
@@ -739,7 +737,8 @@ impl Shard {
 pub struct Draft {
     pub channel: ChannelName,
     pub event: Option<Box<str>>,
-    pub data: Box<RawValue>,
+    /// Shared with the other channels of the same publish.
+    pub data: Data,
     pub ephemeral: bool,
     /// Not delivered to this connection (of whichever instance holds it).
     pub exclude: Option<ConnRef>,

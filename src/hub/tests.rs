@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use serde_json::value::RawValue;
 
 /// An authoritative hub with the memory broker's numbering, for tests.
 struct Numbered {
@@ -43,7 +44,7 @@ fn draft(channel: &str, n: u32) -> Draft {
     Draft {
         channel: ch(channel),
         event: None,
-        data: RawValue::from_string(n.to_string()).unwrap(),
+        data: RawValue::from_string(n.to_string()).unwrap().into(),
         ephemeral: false,
         exclude: None,
         sender: None,

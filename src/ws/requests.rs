@@ -169,7 +169,8 @@ impl Conn {
             // The sender is stamped from the identity, never taken from the client.
             let sender = Some(self.session.identity.user.as_deref().map(std::sync::Arc::from));
             let from = Some(self.ctx.state.broker.hub().conn_ref(self.session.conn));
-            let p = Publish { channel: &name, event, data, exclude: None, sender, from };
+            let data = publish::Shared::new(data);
+            let p = Publish { channel: &name, event, data: &data, exclude: None, sender, from };
             let prepared = publish::prepare(&config, &p)?;
             Ok((name, policy.client_publish, prepared))
         });
