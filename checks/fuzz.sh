@@ -47,7 +47,7 @@ for t in "${targets[@]}"; do
   if ASAN_OPTIONS=detect_leaks=1 "target/$TARGET/release/$t" "corpus/$t" "${seeds[@]}" \
     -max_total_time="$FUZZ_TIME" -rss_limit_mb="$FUZZ_RSS_MB" -timeout="$FUZZ_TIMEOUT" \
     -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
-    runs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log")
+    runs=$(awk '/^stat::number_of_executed_units:/ {print $2}' "$log")
     echo "fuzz: $t ok, ${runs:-?} runs" >&2
   else
     echo "fuzz: $t FAILED (log: fuzz/$log)" >&2
