@@ -98,12 +98,22 @@ fn bad(message: impl Into<String>) -> Rejection {
 
 /// Publishes the body of a `POST /publish`; returns the ids, in order.
 pub async fn publish_body(broker: &Broker, config: &Config, body: &[u8]) -> Result<Vec<Option<String>>, Rejection> {
-    let payload: Payload = serde_json::from_slice(body).map_err(|e| bad(format!("malformed publish request: {e}")))?;
-    publish_items(broker, config, payload.into_items()?).await
+    let checked = parse_body(config, body)?;
+    publish_checked(broker, checked).await
 }
 
-async fn publish_items(broker: &Broker, config: &Config, items: Vec<Item>) -> Result<Vec<Option<String>>, Rejection> {
-    let checked = items.iter().enumerate().map(|(i, item)| check(config, item, i)).collect::<Result<Vec<_>, _>>()?;
+/// The body of a `POST /publish` read and checked whole, as the broker takes it (pure;
+/// also the fuzz target's entry point).
+pub fn parse_body(config: &Config, body: &[u8]) -> Result<Vec<Outgoing>, Rejection> {
+    let payload: Payload = serde_json::from_slice(body).map_err(|e| bad(format!("malformed publish request: {e}")))?;
+    check_items(config, &payload.into_items()?)
+}
+
+fn check_items(config: &Config, items: &[Item]) -> Result<Vec<Outgoing>, Rejection> {
+    items.iter().enumerate().map(|(i, item)| check(config, item, i)).collect()
+}
+
+async fn publish_checked(broker: &Broker, checked: Vec<Outgoing>) -> Result<Vec<Option<String>>, Rejection> {
     let ids = broker.publish(checked).await?;
     Ok(ids.into_iter().flatten().map(|id| id.map(|i| i.to_string())).collect())
 }
@@ -170,7 +180,7 @@ pub async fn publish_list(
     // Items hold `RawValue`, which only deserializes from text.
     let items: Vec<Item> =
         serde_json::from_str(&list.to_string()).map_err(|e| bad(format!("malformed publish list: {e}")))?;
-    publish_items(broker, config, items).await
+    publish_checked(broker, check_items(config, &items)?).await
 }
 
 /// Published data, compacted once and shared by every channel it goes to (SPEC §9: one

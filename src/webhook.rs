@@ -46,6 +46,37 @@ pub fn signature(secret: &Secret, t: u64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
+/// The time a `X-Sidewire-Signature` header signed `body` at, if it is a valid
+/// signature with `secret` (the check a backend makes; compares in constant time).
+/// Accepts the parts in any order and ignores unknown ones, as a backend should; the
+/// caller decides how old a `t` it accepts.
+pub fn verify(secret: &Secret, header: &str, body: &[u8]) -> Option<u64> {
+    let (mut t, mut v1) = (None, None);
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                t = Some(v.parse::<u64>().ok()?)
+            }
+            Some(("v1", v)) => v1 = Some(hex(v)?),
+            _ => {}
+        }
+    }
+    let (t, tag) = (t?, v1?);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let signed = [t.to_string().as_bytes(), b".", body].concat();
+    ring::hmac::verify(&key, &signed, &tag).ok().map(|()| t)
+}
+
+/// Lowercase or uppercase hex to bytes (`None` for odd length or a non-hex digit).
+fn hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |b: u8| char::from(b).to_digit(16);
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes.chunks(2).map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8)).collect()
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -295,5 +326,19 @@ mod tests {
             signature(&secret, 1_700_000_000, b"{}"),
             "t=1700000000,v1=97926816e98fbb41ccb1673225ff29a2f35369099990e1b1561651e7bd097ebf"
         );
+    }
+
+    #[test]
+    fn verify_accepts_only_a_valid_signature() {
+        let secret = Secret::new("s3cret");
+        let header = signature(&secret, 1_700_000_000, b"{}");
+        assert_eq!(verify(&secret, &header, b"{}"), Some(1_700_000_000));
+        let swapped = header.split(',').rev().collect::<Vec<_>>().join(", ");
+        assert_eq!(verify(&secret, &swapped, b"{}"), Some(1_700_000_000));
+        assert_eq!(verify(&secret, &header, b"{ }"), None);
+        assert_eq!(verify(&Secret::new("other"), &header, b"{}"), None);
+        for bad in ["", "t=,v1=", "t=1700000000", "v1=00", "t=+1,v1=00", "t=1,v1=0", "t=99999999999999999999,v1=00"] {
+            assert_eq!(verify(&secret, bad, b"{}"), None, "{bad:?}");
+        }
     }
 }

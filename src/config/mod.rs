@@ -63,6 +63,11 @@ impl fmt::Display for ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret that did not come from a config (a backend's check, a fuzz target).
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
