@@ -47,10 +47,10 @@ pub fn check_origin<B>(config: &Config, req: &http::Request<B>, tls: bool) -> Re
 
 /// Identifies the client of a realtime request (credential, then the auth cache or the
 /// backend), after the origin check. `ask` describes the request to the backend.
-pub async fn identify(
+pub async fn identify<B>(
     state: &Realtime,
     config: &Config,
-    req: &http::Request<hyper::body::Incoming>,
+    req: &http::Request<B>,
     query: &[(String, String)],
     peer: crate::proxy::Peer,
     ask: AuthRequest<'_>,
@@ -84,12 +84,12 @@ pub struct StreamRequest {
 
 /// The common start of an SSE or long-poll request: origin, identity (the auth call names
 /// the channels the request asks for), then the channels it may stream.
-pub async fn stream_request(
+pub async fn stream_request<B>(
     state: &Realtime,
     config: &Config,
     target: Target<'_>,
     peer: crate::proxy::Peer,
-    req: &http::Request<hyper::body::Incoming>,
+    req: &http::Request<B>,
 ) -> Result<StreamRequest, Rejection> {
     let channels = requested_channels(target.route, target.params, target.query);
     let ask = AuthRequest { transport: target.transport, path: req.uri().path(), channels };

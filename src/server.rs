@@ -7,21 +7,27 @@
 //! outside, see [`h2_stream`]), and graceful drain of plain HTTP connections (a task
 //! tracker per listener). Builders are made per connection from the live config, so a
 //! reload applies to new connections. Upgraded connections are not hyper's any more;
-//! their tasks are on the shared tracker.
+//! their tasks are on the shared tracker. A plain connection whose first request is an
+//! SSE stream is never hyper's (see [`crate::sse::h1`]).
 //! Invariant: an accept error (EMFILE, …) never ends a loop; it backs off and retries.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::{Buf, Bytes};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +37,7 @@ use tracing::Instrument;
 use crate::proxy::Peer;
 use crate::respond::{Body, BoxError};
 use crate::shutdown::Shutdown;
+use crate::sse::h1::First;
 use crate::{Config, State};
 
 /// Pause after a failed `accept` (typically out of file descriptors).
@@ -224,6 +231,24 @@ impl Connection {
         let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
         let kind = self.kind;
         let limit = config.limits.header_read_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        // SSE streams on plain HTTP/1.1 are served without hyper's per-connection buffers.
+        let mut stream = stream;
+        let read = match self.kind {
+            Kind::Public if crate::sse::h1::routed(&config) => {
+                match crate::sse::h1::read_first(&mut stream, &config, deadline).await {
+                    First::Sse(req) => {
+                        drop(config);
+                        // Boxed: the other connections' tasks must not carry a stream's size.
+                        return Box::pin(crate::sse::h1::serve(stream, &state.realtime, peer, *req)).await;
+                    }
+                    First::Other(read) => read,
+                    First::Gone(why) => return tracing::debug!("{why}"),
+                }
+            }
+            _ => Bytes::new(),
+        };
+        let stream = Rewind { read, inner: stream };
         let first_request = CancellationToken::new();
         let seen = first_request.clone();
         let abort = CancellationToken::new();
@@ -261,7 +286,7 @@ impl Connection {
                 Box::pin(ends.drive(conn.into_owned()))
             }
         };
-        match first_request_within(served, &first_request, limit).await {
+        match first_request_within(served, &first_request, deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
             None => tracing::debug!("no request head within header_read_timeout; closed"),
@@ -329,24 +354,72 @@ where
 #[derive(Clone)]
 pub struct Abort(pub CancellationToken);
 
-/// Drives `conn`, but drops it (closing the socket) if no request has started within
-/// `limit`. hyper's own `header_read_timeout` only starts once the auto builder has read
+/// Drives `conn`, but drops it (closing the socket) if no request has started by
+/// `deadline` (`limit` after the accept). hyper's own `header_read_timeout` only starts once the auto builder has read
 /// enough to pick HTTP/1, so a client that sends nothing, or part of the HTTP/2
 /// preface, would otherwise hold its socket forever (slowloris). Later requests are
 /// hyper's business: HTTP/1 applies its timeout to every head.
 async fn first_request_within(
     conn: Served,
     first: &CancellationToken,
-    limit: Duration,
+    deadline: tokio::time::Instant,
 ) -> Option<Result<(), BoxError>> {
     let deadline = async {
-        if tokio::time::timeout(limit, first.cancelled()).await.is_ok() {
+        if tokio::time::timeout_at(deadline, first.cancelled()).await.is_ok() {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
         out = conn => Some(out),
         () = deadline => None,
+    }
+}
+
+/// A socket with the bytes already read from it (the first request head, read to see
+/// whether it opens an SSE stream) put back in front.
+struct Rewind<T> {
+    read: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        if self.read.is_empty() {
+            self.read = Bytes::new(); // an empty view would still hold the whole buffer
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

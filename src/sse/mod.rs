@@ -21,7 +21,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::value::RawValue;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::{Config, RouteConfig, Transport};
 use crate::proxy::Peer;
@@ -31,6 +31,8 @@ use crate::session::Session;
 use crate::stream::{Opened, Stream};
 use crate::template::Params;
 use crate::{identity, policy, router};
+
+pub mod h1;
 
 /// Reconnection delay announced to clients, ms.
 const RETRY_MS: u64 = 2000;
@@ -57,7 +59,8 @@ pub fn encode_body(event: Option<&str>, data: &RawValue) -> String {
     out
 }
 
-/// Opens an SSE stream or refuses before it starts.
+/// Opens an SSE stream or refuses before it starts (hyper's path: HTTP/2, TLS, and
+/// requests that [`h1`] did not claim).
 pub async fn open(
     state: &Arc<Realtime>,
     config: &Arc<Config>,
@@ -66,22 +69,6 @@ pub async fn open(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
-    if req.method() != Method::GET {
-        return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
-    }
-    // Taken before anything is checked against `config`: a reload from here on is seen.
-    let reload = state.next_reload();
-    let query = router::query_pairs(req.uri().query());
-    let target = identity::Target { route, params: &params, query: &query, transport: "sse" };
-    let opening = identity::stream_request(state, config, target, peer, &req).await?;
-    let (cred, identity, channels) = (opening.cred, opening.identity, opening.channels);
-    let last_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
-    let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
     // An eviction ends the stream from outside, since hyper stops polling a body whose
     // socket (HTTP/1) or flow-control window (HTTP/2) is full: on HTTP/1 it closes the
     // connection (see `server::Abort`); on HTTP/2 it drops the stream (RST_STREAM(CANCEL),
@@ -91,16 +78,52 @@ pub async fn open(
         http::Version::HTTP_11 => req.extensions().get::<crate::server::Abort>().map(|a| a.0.clone()),
         _ => None,
     };
-    let (stream, opened) =
-        Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, abort).await?;
-    let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
-    let body = EventStream::new(state, config, stream, opened, recheck, reload);
-    let mut res = Response::new(body.boxed_unsync());
+    let events = start(state, config, route, params, peer, &req, abort).await?;
+    Ok(response(events.boxed_unsync()))
+}
+
+/// The stream's response, headers set.
+fn response<B>(body: B) -> Response<B> {
+    let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(res)
+    res
+}
+
+/// Everything before the first byte: checks, identity, admission, subscriptions and
+/// replay. `evicted`: the token the hub cancels on overflow, when the caller needs one
+/// of its own (see [`open`]).
+async fn start<B>(
+    state: &Arc<Realtime>,
+    config: &Config,
+    route: &RouteConfig,
+    params: Params,
+    peer: Peer,
+    req: &Request<B>,
+    evicted: Option<CancellationToken>,
+) -> Result<EventStream, Rejection> {
+    if req.method() != Method::GET {
+        return Err(Rejection::json(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "SSE streams are opened with GET"));
+    }
+    // Taken before anything is checked against `config`: a reload from here on is seen.
+    let reload = state.next_reload();
+    let query = router::query_pairs(req.uri().query());
+    let target = identity::Target { route, params: &params, query: &query, transport: "sse" };
+    let opening = identity::stream_request(state, config, target, peer, req).await?;
+    let (cred, identity, channels) = (opening.cred, opening.identity, opening.channels);
+    let last_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.iter().find(|(k, _)| k == "lastEventId").map(|(_, v)| v.clone()));
+    let session = Session::admit(state, config, peer.addr.ip(), Transport::Sse, identity)?;
+    let (stream, opened) =
+        Stream::open(session, channels, last_id.as_deref(), config.limits.subscriber_queue, evicted).await?;
+    let recheck = Recheck { state: Arc::clone(state), cred, path: req.uri().path().to_owned() };
+    Ok(EventStream::new(state, config, stream, opened, recheck, reload))
 }
 
 /// What re-checking the client's identity at its TTL needs.
@@ -151,7 +174,7 @@ impl EventStream {
         mut stream: Stream,
         opened: Opened,
         recheck: Recheck,
-        reload: tokio_util::sync::CancellationToken,
+        reload: CancellationToken,
     ) -> Self {
         let mut head = BytesMut::new();
         let _ = write!(head, "retry: {RETRY_MS}\nid: ");
@@ -234,6 +257,12 @@ impl EventStream {
 }
 
 impl EventStream {
+    /// `Ready` once the hub evicted the stream (slow consumer): for a writer that must
+    /// end it while the socket is full, when `poll_frame` is not polled.
+    fn poll_evicted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.evicted.as_mut().poll(cx)
+    }
+
     /// `Ready` when a reload left the identity without one of the stream's channels
     /// (the client's reconnect then gets the 401/403).
     fn poll_reload(&mut self, cx: &mut Context<'_>) -> Poll<()> {

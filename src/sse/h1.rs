@@ -1,0 +1,339 @@
+//! SSE on a plain HTTP/1.1 connection, served without hyper (issue 11).
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for every HTTP/1
+//! connection for its whole life: twice what the rest of an idle stream costs. So a
+//! plain (h1c) connection whose first request is an SSE `GET` is claimed before hyper
+//! sees it: the head is read and parsed here ([`read_first`]), and the response head
+//! and the chunked event stream are written straight to the socket ([`serve`]), with
+//! nothing buffered between writes. Anything else — HTTP/2, HTTP/1.0, another route, a
+//! request with a body, a head hyper must refuse — goes to hyper with the bytes read so
+//! far. A later SSE request on a kept-alive connection is hyper's too.
+//!
+//! The same as hyper's path: status, headers (with `date` and `transfer-encoding:
+//! chunked`), one chunk per frame of the [`EventStream`], refusals as JSON. Different:
+//! the response says `connection: close`, and the connection closes when the stream or
+//! refusal is done (an SSE client reconnects on a new connection anyway).
+
+use std::fmt::Write as _;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use super::EventStream;
+use crate::config::{Config, Transport};
+use crate::proxy::Peer;
+use crate::realtime::Realtime;
+use crate::router::{self, Route};
+
+/// hyper's default limit on the number of request headers.
+const MAX_HEADERS: usize = 100;
+/// The first read of a connection; a longer head grows the buffer up to
+/// `limits.max_header_bytes`.
+const FIRST_READ: usize = 4096;
+
+/// What the first bytes of a plain connection turned out to be.
+pub enum First {
+    /// The head of an SSE `GET`: served here.
+    Sse(Box<Request<()>>),
+    /// Anything else: for hyper, with the bytes read so far.
+    Other(Bytes),
+    /// Nothing to serve: why (closed, or no complete head before the deadline).
+    Gone(&'static str),
+}
+
+/// Whether `config` has an SSE route at all (else nothing is worth reading ahead of hyper).
+pub fn routed(config: &Config) -> bool {
+    config.routes.iter().any(|r| r.transport == Transport::Sse)
+}
+
+/// Reads the first request head of a connection until it is known to be an SSE `GET`
+/// or not, by `deadline` (`limits.header_read_timeout` after the accept).
+pub async fn read_first<T: AsyncRead + Unpin>(io: &mut T, config: &Config, deadline: Instant) -> First {
+    let max = config.limits.max_header_bytes;
+    let mut buf = BytesMut::new();
+    loop {
+        buf.reserve(FIRST_READ);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) => return First::Gone("no request head within header_read_timeout; closed"),
+            Ok(Ok(0)) if buf.is_empty() => return First::Gone("closed before any request"),
+            // hyper answers (or drops) a head cut short, as it would have.
+            Ok(Ok(0)) => return First::Other(buf.freeze()),
+            Ok(Err(_)) => return First::Gone("read failed before any request"),
+            Ok(Ok(_)) => {}
+        }
+        match claim(&buf, config) {
+            // Over the limit: hyper answers 431.
+            Claim::Partial if buf.len() < max => {}
+            Claim::Sse(req) => return First::Sse(req),
+            Claim::Partial | Claim::Other => return First::Other(buf.freeze()),
+        }
+    }
+}
+
+enum Claim {
+    Partial,
+    Sse(Box<Request<()>>),
+    Other,
+}
+
+/// Parses `buf` as far as it goes. Synchronous: the header array stays on the stack,
+/// out of the connection's future.
+fn claim(buf: &[u8], config: &Config) -> Claim {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    match head.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Claim::Partial,
+        Err(_) => return Claim::Other,
+    }
+    if head.method != Some("GET") || head.version != Some(1) {
+        return Claim::Other;
+    }
+    let Some(Ok(uri)) = head.path.map(http::Uri::try_from) else { return Claim::Other };
+    if !matches!(router::route(config, uri.path()), Route::Realtime(r, _) if r.transport == Transport::Sse) {
+        return Claim::Other;
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    for h in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
+        else {
+            return Claim::Other;
+        };
+        // A request body is hyper's to read (or refuse).
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && value != "0") {
+            return Claim::Other;
+        }
+        req.headers_mut().append(name, value);
+    }
+    Claim::Sse(Box::new(req))
+}
+
+/// Answers the SSE request `req` on `io`, then closes the connection: the stream until
+/// it ends (or the client leaves), or the refusal.
+pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    realtime: &Arc<Realtime>,
+    peer: Peer,
+    req: Request<()>,
+) {
+    let started = std::time::Instant::now();
+    let opened = {
+        let config = realtime.config.load_full();
+        let path = req.uri().path();
+        let Route::Realtime(route, params) = router::route(&config, path) else { return };
+        // Boxed: the auth call's future must not size the stream's.
+        Box::pin(super::start(realtime, &config, route, params, peer, &req, None)).await
+    };
+    let status = opened.as_ref().map_or_else(|r| r.status, |_| http::StatusCode::OK);
+    realtime.metrics.request(status);
+    tracing::debug!(target: "sidewire::access", method = "GET", path = req.uri().path(), status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %peer.addr);
+    drop(req);
+    let ended = match opened {
+        Ok(mut events) => {
+            let mut out = Out { pending: head(&super::response(()), None), last: false };
+            poll_fn(|cx| pump(cx, &mut io, &mut events, &mut out)).await
+        }
+        Err(rejection) => refuse(&mut io, rejection.into_response()).await,
+    };
+    match ended {
+        End::Done => {
+            let _ = io.shutdown().await;
+        }
+        End::HungUp | End::Evicted => {}
+        End::Failed(e) => tracing::debug!(error = %e, "SSE connection ended with an error"),
+    }
+}
+
+/// Writes a refusal (whose body is whole) and its end.
+async fn refuse<T: AsyncWrite + Unpin>(io: &mut T, res: Response<crate::respond::Body>) -> End {
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let res = Response::from_parts(parts, ());
+    let mut out = BytesMut::from(&head(&res, Some(body.len()))[..]);
+    out.extend_from_slice(&body);
+    match io.write_all(&out).await {
+        Ok(()) => End::Done,
+        Err(e) => End::Failed(e),
+    }
+}
+
+/// The status line and headers of `res`; chunked unless `length` is given.
+fn head(res: &Response<()>, length: Option<usize>) -> Bytes {
+    let mut out = String::with_capacity(256);
+    let status = res.status();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in res.headers() {
+        let _ = write!(out, "{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes()));
+    }
+    match length {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None => out.push_str("transfer-encoding: chunked\r\n"),
+    }
+    let _ = write!(out, "connection: close\r\ndate: {}\r\n\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
+    Bytes::from(out)
+}
+
+/// How a stream served here ended.
+enum End {
+    /// The stream (or refusal) was written to its end.
+    Done,
+    /// The client closed the connection.
+    HungUp,
+    /// The hub dropped the stream (slow consumer) while its socket was full.
+    Evicted,
+    Failed(io::Error),
+}
+
+/// What is left to write. Empty (no allocation) while the stream is idle: a frame is
+/// framed into a buffer of its own, which is freed once written.
+struct Out {
+    pending: Bytes,
+    /// The last chunk is queued: the stream is done once `pending` is written.
+    last: bool,
+}
+
+impl Out {
+    /// Queues `data` as one chunk (after the response head, for the first).
+    fn chunk(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return; // a zero-size chunk would end the body
+        }
+        let mut buf = BytesMut::with_capacity(self.pending.len() + data.len() + 20);
+        buf.extend_from_slice(&self.pending);
+        let _ = write!(buf, "{:x}\r\n", data.len());
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(b"\r\n");
+        self.pending = buf.freeze();
+    }
+
+    fn poll_write<T: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut T) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(n);
+        }
+        self.pending = Bytes::new(); // an empty view would still hold the frame's buffer
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The last chunk of a stream.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Moves frames from `events` to the socket until the stream ends. Registers for the
+/// client's hang-up whenever it waits; while the socket is full, only an eviction ends
+/// the stream early (the stall limit of [`crate::stall`] bounds the wait otherwise).
+fn pump<T: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut T,
+    events: &mut EventStream,
+    out: &mut Out,
+) -> Poll<End> {
+    loop {
+        match out.poll_write(cx, io) {
+            Poll::Ready(Ok(())) if out.last => return Poll::Ready(End::Done),
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+            Poll::Pending if events.poll_evicted(cx).is_ready() => return Poll::Ready(End::Evicted),
+            Poll::Pending => return poll_hang_up(cx, io),
+        }
+        match Pin::new(&mut *events).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.chunk(&data);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => {
+                let mut buf = BytesMut::from(&out.pending[..]);
+                buf.extend_from_slice(LAST_CHUNK);
+                out.pending = buf.freeze();
+                out.last = true;
+            }
+            Poll::Pending => return poll_hang_up(cx, io),
+        }
+    }
+}
+
+/// `Pending` (registered for the next read) unless the client hung up. Bytes it sends
+/// after its SSE request are not served (the connection ends with the stream): dropped.
+fn poll_hang_up<T: AsyncRead + Unpin>(cx: &mut Context<'_>, io: &mut T) -> Poll<End> {
+    let mut scratch = [0u8; 512];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(End::HungUp),
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(End::Failed(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let yaml = r#"
+routes:
+  - { path: "/events", transport: sse }
+  - { path: "/ws", transport: websocket }
+"#;
+        Config::from_yaml(yaml, &|_| None).unwrap()
+    }
+
+    fn claimed(head: &str) -> Option<Box<Request<()>>> {
+        match claim(head.as_bytes(), &config()) {
+            Claim::Sse(req) => Some(req),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn claims_only_complete_sse_gets_without_a_body() {
+        let req = claimed("GET /events?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1.2\r\n\r\n").unwrap();
+        assert_eq!(req.uri().query(), Some("channel=a"));
+        assert_eq!(req.headers()["last-event-id"], "1.2");
+        assert!(claimed("GET /events HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+        for other in [
+            "GET /other HTTP/1.1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\n\r\n",
+            "POST /events HTTP/1.1\r\n\r\n",
+            "GET /events HTTP/1.0\r\n\r\n",
+            "GET /events HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(claimed(other).is_none(), "{other:?}");
+        }
+        assert!(matches!(claim(b"GET /events HTTP/1.1\r\nHost:", &config()), Claim::Partial));
+    }
+
+    #[test]
+    fn frames_are_chunks_after_the_head() {
+        let mut out = Out { pending: Bytes::from_static(b"HEAD\r\n\r\n"), last: false };
+        out.chunk(b"retry: 2000\n\n");
+        assert_eq!(&out.pending[..], b"HEAD\r\n\r\nd\r\nretry: 2000\n\n\r\n");
+        out.pending = Bytes::new();
+        out.chunk(b"");
+        assert!(out.pending.is_empty());
+    }
+}
