@@ -121,7 +121,7 @@ async fn cycle(args: &Args, i: u64) -> anyhow::Result<()> {
     let src = Ipv4Addr::new(127, 0, 0, 1 + (i % u64::from(args.sources.max(1))) as u8);
     let stream = tcp(src, args.addr).await.context("connect")?;
     let channel = format!("cycles:{}", i % args.channels.max(1));
-    let graceful = (i / 3) % 2 == 0;
+    let graceful = (i / 3).is_multiple_of(2);
     match i % 3 {
         0 => websocket(stream, args.addr, &channel, graceful).await,
         1 => sse(stream, args.addr, &channel).await,
