@@ -274,11 +274,11 @@ PROBES = [
     ("30 WS x 60 kB to new room:* for 10 s", {}, probe_ws_flood, "limits.history_bytes (64 MiB)"),
     (
         "long-poll from the start of 10 ch x 100 x 60 kB",
-        # 100 x 60 kB per channel is over the default replay_bytes (4 MiB), which would
-        # answer `reset` without replaying: raised so the replay happens.
-        {"replay_bytes": 8 << 20},
+        # 10 x 100 x 60 kB is over the default replay_bytes (4 MiB per request), which
+        # would answer `reset` without replaying: raised so the whole replay happens.
+        {"replay_bytes": 64 << 20},
         probe_longpoll,
-        "limits.replay_bytes per channel (8 MiB here) x 10 channels",
+        "limits.replay_bytes per request (64 MiB here)",
     ),
     (
         "1 admin publish to 2,000 ch x 60 kB",

@@ -47,6 +47,8 @@ impl Stream {
         let mut replay = Vec::new();
         let mut reset = Vec::new();
         let mut positions = Vec::with_capacity(channels.len());
+        // One `limits.replay_bytes` for the whole request, not one per channel.
+        let mut budget = session.broker.hub().replay_limit();
         for (i, (name, retention)) in channels.into_iter().enumerate() {
             let resume = match &cursor {
                 Some(Some(c)) => Resume::After { epoch: c.epoch, seq: c.positions[i] },
@@ -54,7 +56,8 @@ impl Stream {
                 Some(None) => Resume::Invalid,
                 None => Resume::Live,
             };
-            let sub = session.subscribe(&name, &outbox, resume, retention).await?;
+            let mut sub = session.subscribe(&name, &outbox, resume, retention).await?;
+            session.broker.hub().charge_replay(&mut sub, &mut budget);
             positions.push(match resume {
                 Resume::After { seq, .. } if sub.recovered => seq,
                 _ => sub.position,

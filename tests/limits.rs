@@ -471,6 +471,30 @@ async fn replay_bytes_caps_a_resume_with_a_reset() {
 }
 
 #[tokio::test]
+async fn replay_bytes_is_one_budget_for_the_whole_request() {
+    // Each channel's replay (~41 kB) fits the cap; all three together (~124 kB) do not.
+    let server = TestServer::start(&yaml("limits: { replay_bytes: 100000 }")).await;
+    let url = server.url("/poll?channel=a&channel=b&channel=c&timeout=0");
+    let start: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    let cursor = start["cursor"].as_str().expect("a cursor").to_string();
+    let data = pad(10_000);
+    for ch in ["a", "b", "c"] {
+        for _ in 0..4 {
+            publish_ok(&http(), &server, ch, json!(data)).await;
+        }
+    }
+    let url = server.url(&format!("/poll?channel=a&channel=b&channel=c&since={cursor}&timeout=0"));
+    let res: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+    // Channels are resumed in sorted order: a and b fit, c is reset.
+    assert_eq!(res["reset"], json!(["c"]), "{}", res["reset"]);
+    let channels: Vec<&str> =
+        res["messages"].as_array().unwrap().iter().map(|m| m["channel"].as_str().unwrap()).collect();
+    assert_eq!(channels, ["a", "a", "a", "a", "b", "b", "b", "b"]);
+    assert!(metric(&metrics(&server).await, "sidewire_replays_refused_total") >= 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn channels_per_publish_is_a_bad_request() {
     let server = TestServer::start(&yaml("limits: { channels_per_publish: 2 }")).await;
     let (status, answer) = publish_body(&server, json!({ "channels": ["a", "b", "c"], "data": 1 })).await;

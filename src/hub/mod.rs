@@ -315,6 +315,25 @@ impl Hub {
         &self.0.stats
     }
 
+    /// `limits.replay_bytes`: what one request may replay across all its channels.
+    pub fn replay_limit(&self) -> usize {
+        self.0.limits.replay_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Charges `sub`'s replay to a request's remaining `budget` (SPEC §9: at most
+    /// `limits.replay_bytes` per request). A replay that does not fit is dropped whole
+    /// and the channel reported as not recovered, so the client resets it.
+    pub fn charge_replay(&self, sub: &mut Subscribed, budget: &mut usize) {
+        let weight: usize = sub.replay.iter().map(|m| channel::weight(m)).sum();
+        if weight > *budget {
+            self.0.stats.replays_cut.inc();
+            sub.recovered = false;
+            sub.replay = Vec::new();
+        } else {
+            *budget -= weight;
+        }
+    }
+
     /// This process's name among instances (the prefix of its connection names).
     pub fn instance(&self) -> String {
         self.0.instance.to_string()
