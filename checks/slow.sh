@@ -9,6 +9,7 @@
 #
 #   checks/slow.sh
 #   CONNS=2000 LENGTH=30 checks/slow.sh      # attack connections per phase, seconds per phase
+#   PHASES="public-slow-read" checks/slow.sh  # only the named phases
 source "$(dirname "$0")/lib.sh"
 
 CONNS=${CONNS:-1000}
@@ -33,6 +34,7 @@ fail=0
 # phase NAME URL_FOR_STEADY slowhttptest-args...
 phase() {
   local name=$1 steady_url=$2
+  if [ -n "${PHASES:-}" ] && [[ " $PHASES " != *" $name "* ]]; then return 0; fi
   shift 2
   local csv="$SW_TMP/$name"
   sw_sample_start "$SW_PID"

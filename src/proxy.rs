@@ -195,6 +195,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(backend.pool_idle_timeout)
             .pool_max_idle_per_host(backend.pool_max_idle)
+            .http1_max_buf_size(backend.read_buffer_bytes)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);

@@ -105,6 +105,9 @@ pub struct BackendConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Cap on one backend connection's read buffer: a client reading a large response
+    /// slowly pins at most this much of it in sidewire (hyper's default is ~408 KiB).
+    pub read_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -95,6 +95,8 @@ pub struct RawBackend {
     pub pool_idle_timeout: Dur,
     /// Idle keep-alive connections kept to the backend (extension).
     pub pool_max_idle: usize,
+    /// Most bytes read ahead from one backend connection (extension; ≥ 8192).
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for RawBackend {
@@ -105,6 +107,7 @@ impl Default for RawBackend {
             timeout: secs(60),
             pool_idle_timeout: secs(90),
             pool_max_idle: 256,
+            read_buffer_bytes: 64 * 1024,
         }
     }
 }

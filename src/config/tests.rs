@@ -206,3 +206,12 @@ fn publish_budgets_and_metrics_public() {
     assert!(!c.admin.metrics_public);
     assert!(Config::from_yaml("admin: { secret: s, metrics_public: true }", &no_env).unwrap().admin.metrics_public);
 }
+
+#[test]
+fn backend_read_buffer_has_hypers_minimum() {
+    let p = problems("backend: { read_buffer_bytes: 4096 }\n");
+    assert!(p.iter().any(|l| l.starts_with("backend.read_buffer_bytes: ") && l.contains("8192")), "{p:#?}");
+    let c = Config::from_yaml("backend: { read_buffer_bytes: 8192 }\n", &no_env).unwrap();
+    assert_eq!(c.backend.read_buffer_bytes, 8192);
+    assert_eq!(Config::from_yaml("", &no_env).unwrap().backend.read_buffer_bytes, 65536);
+}

@@ -131,6 +131,9 @@ fn backend(c: &mut Check<'_>, raw: RawBackend) -> BackendConfig {
         _ => c.fail("backend.url", format!("{:?} must be an absolute http:// URL without query", raw.url)),
     }
     c.positive("backend.pool_max_idle", raw.pool_max_idle.max(1));
+    if raw.read_buffer_bytes < 8192 {
+        c.fail("backend.read_buffer_bytes", format!("{} is below the minimum of 8192", raw.read_buffer_bytes));
+    }
     BackendConfig {
         origin,
         base_path,
@@ -138,6 +141,7 @@ fn backend(c: &mut Check<'_>, raw: RawBackend) -> BackendConfig {
         timeout: c.nonzero_dur("backend.timeout", raw.timeout),
         pool_idle_timeout: raw.pool_idle_timeout.0,
         pool_max_idle: raw.pool_max_idle,
+        read_buffer_bytes: raw.read_buffer_bytes.max(8192),
     }
 }
 
