@@ -9,7 +9,8 @@
 //! it, a frame that starts is written only if it is a close frame. Server frames are
 //! never fragmented by tungstenite, so dropping whole frames keeps the stream valid.
 //!
-//! Cost: 32 bytes per connection and a few comparisons per write.
+//! Cost: 32 bytes per connection and a few comparisons per frame. Before the cut, what
+//! tungstenite writes reaches the socket in one write however many frames it holds.
 
 use std::io;
 use std::pin::Pin;
@@ -106,6 +107,14 @@ impl Frame {
         }
         i
     }
+
+    /// Follows frames over `buf`, written before the cut (every frame passes).
+    fn skip(&mut self, buf: &[u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            i += self.take(&buf[i..], false);
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Cut<T> {
@@ -120,7 +129,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Cut<T> {
         if buf.is_empty() {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        // One frame's worth at a time: all of it is written, or all of it dropped.
+        if !this.cut {
+            // Before the cut every frame passes: the whole buffer goes out in one write
+            // (tungstenite hands over everything it has queued, e.g. a whole replay) and
+            // the frame boundaries are tracked over what the socket took.
+            let out = Pin::new(&mut this.inner).poll_write(cx, buf);
+            if let Poll::Ready(Ok(written)) = out {
+                this.frame.skip(&buf[..written]);
+            }
+            return out;
+        }
+        // After the cut, one frame's worth at a time: all of it is written, or all of it
+        // dropped.
         let mut probe = this.frame;
         let n = probe.take(buf, this.cut);
         if !probe.pass {
@@ -164,6 +184,55 @@ mod tests {
         }
         f.extend_from_slice(payload);
         f
+    }
+
+    /// A socket that takes at most `limit` bytes per write and records every write.
+    struct Socket {
+        limit: usize,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn before_the_cut_many_frames_go_out_in_one_write() {
+        // A replay: 100 messages queued by tungstenite, handed over as one buffer.
+        let stream: Vec<u8> = (0..100).flat_map(|i| frame(0x1, format!("message {i}").as_bytes())).collect();
+        let mut cut = Cut::new(Socket { limit: usize::MAX, writes: Vec::new() });
+        cut.write_all(&stream).await.unwrap();
+        assert_eq!(cut.inner.writes, vec![stream]);
+    }
+
+    #[tokio::test]
+    async fn a_cut_after_a_short_write_of_many_frames_finishes_the_frame_on_the_wire() {
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(0x1, &[b'a' + i; 100])).collect();
+        let close = frame(CLOSE, &[0x03, 0xe9]);
+        let mut cut = Cut::new(Socket { limit: 150, writes: Vec::new() });
+        // The socket takes 150 bytes of the three frames: the first whole and half of the
+        // second, which the cut must still finish; the third is dropped.
+        let all = frames.concat();
+        let n = std::future::poll_fn(|cx| Pin::new(&mut cut).poll_write(cx, &all)).await.unwrap();
+        assert_eq!(n, 150);
+        cut.cut();
+        cut.inner.limit = usize::MAX;
+        cut.write_all(&all[n..]).await.unwrap();
+        cut.write_all(&close).await.unwrap();
+        let mut want = frames[0].clone();
+        want.extend_from_slice(&frames[1]);
+        want.extend_from_slice(&close);
+        assert_eq!(cut.inner.writes.concat(), want);
     }
 
     #[tokio::test]
