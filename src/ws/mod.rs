@@ -460,13 +460,16 @@ impl Conn {
         self.send(protocol::error(ErrorCode::RateLimited, message, r)).await
     }
 
-    /// Writes replayed history, bounded like every other write: a resuming client that
-    /// stops reading must not pin the session (and so shutdown) forever.
-    async fn replay(&mut self, messages: Vec<Arc<Message>>) -> Result<(), End> {
+    /// Writes the `subscribed` reply and the replayed history after it, flushed once (one
+    /// socket write when they fit tungstenite's write buffer), bounded like every other
+    /// write: a resuming client that stops reading must not pin the session (and so
+    /// shutdown) forever.
+    async fn replay(&mut self, reply: String, messages: Vec<Arc<Message>>) -> Result<(), End> {
         let timeout = self.ctx.config.heartbeat.timeout;
         let (quiet, conn) = (&self.quiet, self.session.conn);
         let ws = &mut self.ws;
         let write = async move {
+            ws.feed(Frame::Text(reply.into())).await?;
             for msg in messages.iter().filter(|m| !echo_off(quiet, conn, m)) {
                 ws.feed(text_frame(msg)).await?;
             }

@@ -115,8 +115,8 @@ impl Conn {
                 Err(e) => return self.refused(e, r).await,
             }
         }
-        self.send(protocol::encode("subscribed", body, r)).await?;
-        self.replay(sub.replay).await
+        // The reply and the replay leave in one write.
+        self.replay(protocol::encode("subscribed", body, r), sub.replay).await
     }
 
     async fn unsubscribe(&mut self, channel: &str, r: Option<&RawValue>) -> Result<(), End> {
