@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use governor::clock::QuantaClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::{LimitsConfig, Rate};
@@ -82,11 +83,19 @@ impl Drop for Admission {
     }
 }
 
+/// The clock of every connection's [`client_rate`] limiter. Building a quanta clock
+/// probes the CPU with CPUID (for TSC support), an instruction that traps to the
+/// hypervisor in a VM: done per connection it cost ~8% of the CPU of 1,000 clients
+/// resuming at once. A clone is a copy of the calibrated clock, and `now()` reads the
+/// same counter whichever clone asks, so the limits behave exactly as with one clock
+/// each.
+static CLOCK: LazyLock<QuantaClock> = LazyLock::new(QuantaClock::default);
+
 /// A token bucket for one connection's client→server messages.
 pub fn client_rate(rate: Rate) -> DefaultDirectRateLimiter {
     let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+    RateLimiter::direct_with_clock(Quota::per_second(per_second).allow_burst(burst), CLOCK.clone())
 }
 
 /// Refusal of a connection by the limits, as an HTTP 429.
