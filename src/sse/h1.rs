@@ -145,6 +145,10 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     let ended = match opened {
         Ok(mut events) => {
             let mut out = Out { pending: head(&super::response(()), None), last: false };
+            // A resume's whole replay leaves with the response head, in one write.
+            if let Some(first) = events.take_head() {
+                out.chunk(&first);
+            }
             poll_fn(|cx| pump(cx, &mut io, &mut events, &mut out)).await
         }
         Err(rejection) => refuse(&mut io, rejection.into_response()).await,

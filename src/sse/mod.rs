@@ -257,6 +257,13 @@ impl EventStream {
 }
 
 impl EventStream {
+    /// The stream's first bytes (`retry`, any `reset`, the replayed history), ready from
+    /// the start: the raw HTTP/1.1 path sends them in the same write as the response
+    /// head. `poll_frame` yields them first when nobody took them.
+    fn take_head(&mut self) -> Option<Bytes> {
+        self.head.take()
+    }
+
     /// `Ready` once the hub evicted the stream (slow consumer): for a writer that must
     /// end it while the socket is full, when `poll_frame` is not polled.
     fn poll_evicted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
