@@ -20,18 +20,20 @@
 #   these runs count calls and measure nothing else.
 # h2: for each binary, H2_N idle WebSockets held HOLD s over HTTP/1.1, then (fresh server)
 #   over h2c extended CONNECT, H2_K per HTTP/2 connection; RSS after − before, per WS.
+# resumed: for each binary, H2_N WebSockets over HTTP/1.1 that each resume M messages of
+#   history, then held idle HOLD s: what a connection keeps after a mass reconnect.
 #
 # Everything listens on and targets 127.0.0.1 only; every started process is killed on
 # exit; every tool run is bounded by `timeout`.
 #
-# Environment: PARTS="replay sends h2" N=1000 M=100 ROUNDS=2 LIVE_RATE=100 H2_N=10000 H2_K=100
+# Environment: PARTS="replay sends h2 resumed" N=1000 M=100 ROUNDS=2 LIVE_RATE=100 H2_N=10000 H2_K=100
 #   SENDS_N=100 HOLD=10 SOURCES=8 BUILD=1 PORT_BASE=18400 OUT=bench/out TIMEOUT=120
 #   SIDEWIRE_BIN (one or more binaries, space-separated)  REPLAY_BIN
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PARTS=${PARTS:-"replay sends h2"}
+PARTS=${PARTS:-"replay sends h2 resumed"}
 N=${N:-1000}
 M=${M:-100}
 ROUNDS=${ROUNDS:-2}
@@ -193,6 +195,16 @@ part_h2() {
     done
 }
 
+part_resumed() {
+    local bin
+    for bin in $SIDEWIRE_BIN; do
+        log "idle-h1 after a replay of $M messages: $bin, $H2_N WebSockets held ${HOLD}s"
+        start_server "$bin"
+        tool "$(basename "$bin")" idle-h1 -n "$H2_N" -m "$M" --replay --hold "$HOLD"
+        stop_server
+    done
+}
+
 report() {
     echo "Resume vs live, $N clients x $M messages (live at $LIVE_RATE msg/s): sidewire CPU us per delivered message"
     jq -rs '
@@ -222,10 +234,10 @@ report() {
     }
     echo
     echo "Idle WebSockets held ${HOLD}s: server RSS after - before, per WebSocket"
-    jq -rs 'map(select(.kib_per_ws)) | .[] | [.label, .mode, .websockets, .tcp_connections, (.kib_per_ws * 100 | round / 100)] | @tsv' \
+    jq -rs 'map(select(.kib_per_ws)) | .[] | [.label, .mode, .websockets, .tcp_connections, .replayed, (.kib_per_ws * 100 | round / 100)] | @tsv' \
         "$RESULTS" | {
-        echo "| binary | mode | WebSockets | TCP connections | KiB per WS |"
-        echo "|---|---|---:|---:|---:|"
+        echo "| binary | mode | WebSockets | TCP connections | messages replayed to each | KiB per WS |"
+        echo "|---|---|---:|---:|---:|---:|"
         sed 's/\t/ | /g; s/^/| /; s/$/ |/'
     }
 }
@@ -249,7 +261,8 @@ main() {
         replay) part_replay ;;
         sends) part_sends ;;
         h2) part_h2 ;;
-        *) die "unknown part $part (replay, sends, h2)" ;;
+        resumed) part_resumed ;;
+        *) die "unknown part $part (replay, sends, h2, resumed)" ;;
         esac
     done
     report | tee "$OUT/replay.md"

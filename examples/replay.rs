@@ -11,7 +11,9 @@
 //! - `live-ws` / `live-sse`: N subscribers, then M messages published at `--rate` msg/s.
 //! - `idle-h1` / `idle-h2`: N WebSockets subscribed to a channel and held `--hold` s,
 //!   over HTTP/1.1 (one TCP connection each) or h2c extended CONNECT (`--per-conn` per
-//!   HTTP/2 connection); the server's RSS after − before, per WebSocket.
+//!   HTTP/2 connection); the server's RSS after − before, per WebSocket. With `--replay`
+//!   (`idle-h1`), each WebSocket first resumes M messages of history: what a connection
+//!   holds after a mass reconnect.
 //!
 //! CPU is the server's: the sum of its threads' run time from `/proc/PID/task/*/schedstat`
 //! (nanoseconds; utime + stime from `/proc/PID/stat` is reported too, in 10 ms ticks),
@@ -81,6 +83,9 @@ struct Args {
     /// WebSockets per HTTP/2 connection (`idle-h2`).
     #[arg(long, default_value_t = 100)]
     per_conn: usize,
+    /// `idle-h1`: each WebSocket resumes M messages of history before it idles.
+    #[arg(long)]
+    replay: bool,
     /// Seconds the idle WebSockets are held before the RSS-after reading.
     #[arg(long, default_value_t = 10.0)]
     hold: f64,
@@ -524,6 +529,10 @@ async fn open_h2(
 
 async fn idle(args: Arc<Args>) -> anyhow::Result<Value> {
     let ch = channel();
+    let since = match args.replay {
+        true => Some(Publisher::new(args.admin).await?.history(&ch, args.messages).await?),
+        false => None,
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = probe(args.server_pid);
     let mut held: Vec<Box<dyn Send>> = Vec::new();
@@ -554,10 +563,13 @@ async fn idle(args: Arc<Args>) -> anyhow::Result<Value> {
         let mut socks = bounded(&args, "connect", open_ws(&args)).await?;
         bounded(&args, "subscribe", async {
             for ws in &mut socks {
-                ws.send(subscribe_frame(&ch, None)).await?;
+                ws.send(subscribe_frame(&ch, since.as_deref())).await?;
             }
             for ws in &mut socks {
                 until(ws, "\"type\":\"subscribed\"").await?;
+                if since.is_some() {
+                    messages(ws, args.messages).await?;
+                }
             }
             Ok(())
         })
@@ -570,6 +582,7 @@ async fn idle(args: Arc<Args>) -> anyhow::Result<Value> {
     drop(held);
     Ok(json!({
         "websockets": args.clients,
+        "replayed": if since.is_some() { args.messages } else { 0 },
         "tcp_connections": conns,
         "rss_before_kib": before.rss / 1024,
         "rss_after_kib": after.rss / 1024,
