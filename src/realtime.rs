@@ -15,6 +15,7 @@ use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::per_thread::PerThread;
 use crate::proxy::Backend;
 use crate::shutdown::Shutdown;
 use crate::webhook::Lifecycle;
@@ -38,18 +39,19 @@ pub struct Realtime {
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     /// Cancelled (and replaced) at each reload, so open sessions re-check themselves.
-    pub reloads: ArcSwap<CancellationToken>,
+    pub reloads: ArcSwap<PerThread>,
 }
 
 impl Realtime {
-    /// A token cancelled at the next reload.
+    /// A token cancelled at the next reload: the calling thread's child of it, since
+    /// sessions poll it on every wake-up ([`PerThread`]).
     pub fn next_reload(&self) -> CancellationToken {
-        CancellationToken::clone(&self.reloads.load())
+        self.reloads.load().local()
     }
 
     /// Tells every open session that the config changed.
     pub fn reloaded(&self) {
-        self.reloads.swap(Arc::new(CancellationToken::new())).cancel();
+        self.reloads.swap(Arc::new(PerThread::default())).cancel();
     }
 }
 
