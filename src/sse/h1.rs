@@ -146,7 +146,10 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
             let mut out = Out { pending: head(&super::response(()), None), last: false };
             // A resume's whole replay leaves with the response head, in one write.
             if let Some(first) = events.take_head() {
-                out.chunk(&first);
+                let mut frame = BytesMut::with_capacity(ROOM + first.len() + 2);
+                frame.resize(ROOM, 0);
+                frame.extend_from_slice(&first);
+                out.chunk(frame);
             }
             poll_fn(|cx| pump(cx, &mut io, &mut events, &mut out)).await
         }
