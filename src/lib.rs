@@ -14,9 +14,7 @@
 //! - [`asset`]: `{prefix}/client.js`, the embedded browser client.
 //! - [`admin`]: the admin API (publish, presence, channels, health, readiness, metrics)
 //!   and its handle. [`metrics`]: the Prometheus registry.
-//! - [`shutdown`]: cancellation, task tracking and signals; [`per_thread`]: one child of a
-//!   shared token per thread, for the waits sessions poll on every wake-up.
-//!   [`respond`]: body type, errors.
+//! - [`shutdown`]: cancellation, task tracking and signals. [`respond`]: body type, errors.
 //! - [`names`], [`template`]: channel names, patterns, route and channel templates.
 //! - [`broker`]: the one publish path (ids, idempotency, history for resume; memory or
 //!   Redis); [`hub`]: this instance's channels, subscribers, rings, presence, fan-out.
@@ -52,7 +50,6 @@ pub mod listen;
 pub mod longpoll;
 pub mod metrics;
 pub mod names;
-pub mod per_thread;
 pub mod policy;
 pub mod protocol;
 pub mod proxy;

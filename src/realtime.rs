@@ -15,7 +15,6 @@ use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::per_thread::PerThread;
 use crate::proxy::Backend;
 use crate::shutdown::Shutdown;
 use crate::webhook::Lifecycle;
@@ -39,19 +38,18 @@ pub struct Realtime {
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     /// Cancelled (and replaced) at each reload, so open sessions re-check themselves.
-    pub reloads: ArcSwap<PerThread>,
+    pub reloads: ArcSwap<CancellationToken>,
 }
 
 impl Realtime {
-    /// A token cancelled at the next reload: the calling thread's child of it, since
-    /// sessions poll it on every wake-up ([`PerThread`]).
+    /// A token cancelled at the next reload.
     pub fn next_reload(&self) -> CancellationToken {
-        self.reloads.load().local()
+        CancellationToken::clone(&self.reloads.load())
     }
 
     /// Tells every open session that the config changed.
     pub fn reloaded(&self) {
-        self.reloads.swap(Arc::new(PerThread::default())).cancel();
+        self.reloads.swap(Arc::new(CancellationToken::new())).cancel();
     }
 }
 

@@ -264,7 +264,7 @@ impl Connection {
         let exec = Executor { shutdown: state.shutdown.clone(), streams: Arc::new(streams) };
         let builder = builder(&config, exec);
         let ends = Ends {
-            drain: state.shutdown.local(),
+            drain: state.shutdown.token().clone(),
             idle: idle(open, config.limits.h2_idle_timeout),
             abort,
             metrics: Arc::clone(&state.metrics),

@@ -5,17 +5,14 @@
 //! wait for sessions that hyper no longer tracks (upgraded connections).
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-use crate::per_thread::PerThread;
-
 /// Cheap-clone handle: cancel token plus task tracker.
 #[derive(Clone, Default)]
 pub struct Shutdown {
-    token: Arc<PerThread>,
+    token: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -35,17 +32,11 @@ impl Shutdown {
 
     /// Resolves once shutdown has begun. Cancel-safe.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.token.token().cancelled()
+        self.token.cancelled()
     }
 
     pub fn token(&self) -> &CancellationToken {
-        self.token.token()
-    }
-
-    /// The calling thread's child of the token ([`PerThread::local`]): what a session
-    /// polls on every wake-up waits on it, not on the token all threads share.
-    pub fn local(&self) -> CancellationToken {
-        self.token.local()
+        &self.token
     }
 
     /// Spawns a tracked task.

@@ -201,7 +201,7 @@ impl EventStream {
             expiry,
             head: Some(head.freeze()),
             heartbeat,
-            shutdown: Box::pin(state.shutdown.local().cancelled_owned()),
+            shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
             evicted,
             reload: Box::pin(reload.cancelled_owned()),
             spread: config.shutdown_grace.max(Duration::from_secs(1)),

@@ -204,7 +204,7 @@ async fn run(ctx: Context, admission: Admission, io: Upgraded) {
         }
     };
     let session = Session::with_admission(&ctx.state, admission, Transport::WebSocket, identity);
-    let shutdown = ctx.state.shutdown.local();
+    let shutdown = ctx.state.shutdown.token().clone();
     let token = shutdown.child_token();
     let queue = ctx.config.limits.subscriber_queue;
     let (outbox, inbox) = outbox_with(session.conn, session.member.clone(), queue, token.clone());
