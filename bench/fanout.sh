@@ -18,7 +18,9 @@
 #   RATE=100 HOLD=10 REPEATS=1 SOURCES=8 CONCURRENCY=64 RUN_TIMEOUT=600
 #   BUILD=1 (0: use the existing release binaries)  PORT_BASE=18100  OUT=bench/out
 #   KEEP_WORK=1 (keep the temp dir with configs and server logs)
-#   SIDEWIRE_BIN / LOADGEN_BIN (use other binaries, e.g. to compare two builds)
+#   SIDEWIRE_BIN / LOADGEN_BIN (use other binaries)
+#   SIDEWIRE_B_BIN: a second sidewire build, run as system "sidewire_b" (same config), to
+#     compare two builds in one run, e.g. SYSTEMS="sidewire_b sidewire nchan"
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +39,7 @@ OUT=${OUT:-$ROOT/bench/out}
 PORT_BASE=${PORT_BASE:-18100}
 SIDEWIRE_BIN=${SIDEWIRE_BIN:-$ROOT/target/release/sidewire}
 LOADGEN_BIN=${LOADGEN_BIN:-$ROOT/target/release/examples/loadgen}
+SIDEWIRE_B_BIN=${SIDEWIRE_B_BIN:-}
 
 SW_PORT=$((PORT_BASE + 80))
 SW_ADMIN=$((PORT_BASE + 90))
@@ -141,6 +144,13 @@ EOF
 }
 
 stop_sidewire() { stop_pid "$SERVER_MAIN"; }
+
+# The same server and config from another binary (bash scoping: the local is seen inside).
+start_sidewire_b() {
+    local SIDEWIRE_BIN=$SIDEWIRE_B_BIN
+    start_sidewire
+}
+stop_sidewire_b() { stop_sidewire; }
 
 # ---------------------------------------------------------------- Nchan
 start_nchan() {
@@ -323,9 +333,10 @@ main() {
     for s in $SYSTEMS; do
         case $s in
         sidewire) ;;
+        sidewire_b) [[ -x $SIDEWIRE_B_BIN ]] || die "sidewire_b needs SIDEWIRE_B_BIN (an executable)" ;;
         nchan) [[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || die "nchan needs nginx + libnginx-mod-nchan" ;;
         pushpin) command -v pushpin >/dev/null || die "pushpin is not installed" ;;
-        *) die "unknown system $s (sidewire, nchan, pushpin)" ;;
+        *) die "unknown system $s (sidewire, sidewire_b, nchan, pushpin)" ;;
         esac
     done
     if [[ $BUILD == 1 ]]; then
@@ -353,7 +364,7 @@ main() {
         echo "# Fan-out benchmark"
         echo
         echo "Run $started on $(nproc) cores (load average before: $load; after: $(cut -d' ' -f1-3 /proc/loadavg))."
-        echo "Command: \`SYSTEMS=\"$SYSTEMS\" TRANSPORTS=\"$TRANSPORTS\" SIZES=\"$SIZES\" RATE=$RATE HOLD=$HOLD REPEATS=$REPEATS bench/fanout.sh\`"
+        echo "Command: \`SYSTEMS=\"$SYSTEMS\" TRANSPORTS=\"$TRANSPORTS\" SIZES=\"$SIZES\" RATE=$RATE HOLD=$HOLD REPEATS=$REPEATS${MESSAGES_1000:+ MESSAGES_1000=$MESSAGES_1000}${MESSAGES_10000:+ MESSAGES_10000=$MESSAGES_10000} bench/fanout.sh\`${SIDEWIRE_B_BIN:+ (sidewire_b: $SIDEWIRE_B_BIN)}"
         echo
         python3 "$HERE/fanout_table.py" "$RESULTS"
     } >"$OUT/fanout.md"

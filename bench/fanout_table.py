@@ -6,8 +6,8 @@ Usage: fanout_table.py fanout.jsonl
 import json
 import sys
 
-ORDER = {"sidewire": 0, "nchan": 1, "pushpin": 2}
-NAMES = {"sidewire": "sidewire", "nchan": "Nchan", "pushpin": "Pushpin"}
+ORDER = {"sidewire_b": 0, "sidewire": 1, "nchan": 2, "pushpin": 3}
+NAMES = {"sidewire": "sidewire", "sidewire_b": "sidewire (B)", "nchan": "Nchan", "pushpin": "Pushpin"}
 
 
 def fmt(v, digits=0):
@@ -68,24 +68,25 @@ def main(path):
     pairs = []
     for (s, t, n, rep), sw in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][3])):
         nc = by.get(("nchan", t, n, rep))
-        if s == "sidewire" and nc and not sw.get("error") and not nc.get("error"):
-            pairs.append((t, n, rep, sw, nc))
+        if s in ("sidewire", "sidewire_b") and nc and not sw.get("error") and not nc.get("error"):
+            pairs.append((s, t, n, rep, sw, nc))
+    medians(rows)
     if not pairs:
         return
     print()
     print("sidewire ÷ Nchan (target: deliveries/s ≥ 1 — or both at the offered load, subscribers × rate —, "
           "CPU/delivery ≤ 1, p99 ≤ 1, 0 lost; sidewire idle ≤ 8 KiB/conn):")
     print()
-    print("| transport | subscribers | run | deliveries/s | CPU/delivery | p99 | sidewire lost | sidewire idle KiB/conn "
-          "| targets met |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| system | transport | subscribers | run | deliveries/s | CPU/delivery | p99 | sidewire lost "
+          "| sidewire idle KiB/conn | targets met |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
     def ratio(a, b):
         if a is None or b in (None, 0):
             return None
         return a / b
 
-    for t, n, rep, sw, nc in pairs:
+    for s, t, n, rep, sw, nc in pairs:
         d = ratio(sw.get("deliveries_per_s"), nc.get("deliveries_per_s"))
         c = ratio(sw.get("server_cpu_us_per_delivery"), nc.get("server_cpu_us_per_delivery"))
         p = ratio(sw.get("p99_ms"), nc.get("p99_ms"))
@@ -105,9 +106,38 @@ def main(path):
         if mem is None or mem > 8:
             missed.append("memory")
         print("| " + " | ".join([
-            t.upper(), f"{n:,}", str(rep), fmt(d, 2) + (" (both at offered load)" if at_cap else ""), fmt(c, 2), fmt(p, 2), fmt(sw.get("lost")), fmt(mem, 1),
+            NAMES[s], t.upper(), f"{n:,}", str(rep), fmt(d, 2) + (" (both at offered load)" if at_cap else ""), fmt(c, 2), fmt(p, 2), fmt(sw.get("lost")), fmt(mem, 1),
             "all" if not missed else "missed: " + ", ".join(missed),
         ]) + " |")
+
+
+def medians(rows):
+    """Median (and range) of CPU/delivery and p99 per system × transport × size over the
+    repeats: with 2 shared cores one run is noisy, the median of interleaved runs less so."""
+    groups = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        groups.setdefault((r.get("subscribers", 0), r.get("transport", ""), ORDER.get(r.get("system"), 9),
+                           r.get("system")), []).append(r)
+    if not groups:
+        return
+    print()
+    print("Median over the repeats [min–max]:")
+    print()
+    print("| system | transport | subscribers | runs | CPU µs/delivery | p99 ms |")
+    print("|---|---|---|---|---|---|")
+
+    def med(rs, key, digits):
+        v = sorted(x[key] for x in rs if isinstance(x.get(key), (int, float)))
+        if not v:
+            return "–"
+        m = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+        return f"{fmt(m, digits)} [{fmt(v[0], digits)}–{fmt(v[-1], digits)}]"
+
+    for (n, t, _, s), rs in sorted(groups.items()):
+        print("| " + " | ".join([NAMES.get(s, str(s)), t.upper(), f"{n:,}", str(len(rs)),
+                                 med(rs, "server_cpu_us_per_delivery", 2), med(rs, "p99_ms", 1)]) + " |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -286,57 +286,79 @@ impl EventStream {
     }
 }
 
-impl http_body::Body for EventStream {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.done {
+impl EventStream {
+    /// The stream's next bytes, after `room` bytes left free for a prefix the writer
+    /// fills in (and with capacity for `room` more after them, for a suffix), so that a
+    /// framed write needs no buffer of its own: [`h1`]'s chunk-size line and CRLF. `None`
+    /// once the stream ended.
+    fn poll_bytes(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<Option<BytesMut>> {
+        let framed = |data: &[u8]| {
+            let mut buf = BytesMut::with_capacity(2 * room + data.len());
+            buf.put_bytes(0, room);
+            buf.extend_from_slice(data);
+            buf
+        };
+        if self.done {
             return Poll::Ready(None);
         }
-        if let Some(head) = this.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(head))));
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(framed(&head)));
         }
         // Messages first: while they flow, nothing else is polled (each control check
         // costs a lock or a timer registration on the fan-out hot path).
         let mut buf = BytesMut::new();
         while buf.len() < BATCH_BYTES {
-            match this.stream.inbox.poll_recv(cx) {
-                Poll::Ready(Some(msg)) => write_event(&mut buf, &mut this.stream, &msg),
+            match self.stream.inbox.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if buf.is_empty() {
+                        buf.reserve(2 * room + 256);
+                        buf.put_bytes(0, room);
+                    }
+                    write_event(&mut buf, &mut self.stream, &msg);
+                }
                 Poll::Ready(None) => {
-                    this.done = true;
+                    self.done = true;
                     break;
                 }
                 Poll::Pending => break,
             }
         }
         if !buf.is_empty() {
-            return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+            buf.reserve(room);
+            return Poll::Ready(Some(buf));
         }
-        if this.done {
+        if self.done {
             return Poll::Ready(None);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(Some(Ok(Frame::data(this.farewell()))));
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(framed(&self.farewell())));
         }
-        if this.evicted.as_mut().poll(cx).is_ready() {
-            this.done = true;
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            self.done = true;
             return Poll::Ready(None);
         }
-        if this.poll_reload(cx).is_ready() {
-            this.done = true;
+        if self.poll_reload(cx).is_ready() {
+            self.done = true;
             return Poll::Ready(None);
         }
-        if this.poll_expiry(cx).is_ready() {
-            this.done = true;
+        if self.poll_expiry(cx).is_ready() {
+            self.done = true;
             return Poll::Ready(None);
         }
-        if this.heartbeat.poll_tick(cx).is_ready() {
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": ping\n\n")))));
+        if self.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(framed(b": ping\n\n")));
         }
         Poll::Pending
+    }
+}
+
+impl http_body::Body for EventStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut().poll_bytes(cx, 0).map(|next| next.map(|buf| Ok(Frame::data(buf.freeze()))))
     }
 }
 

@@ -306,7 +306,13 @@ impl Conn {
         loop {
             // Every arm is cancel-safe: channel receives, `next()` (tungstenite keeps
             // partial frames buffered), ticks, and the boxed expiry future polled by ref.
+            // Biased, in this order: an interrupt ends the session before anything else,
+            // and a wake-up that brought messages delivers them without first polling
+            // (and so registering, then dropping) the rest, as a random start would
+            // about half the time. The client's frames still get their turn: `deliver`
+            // drains the whole queue (up to `BATCH`) each time.
             let step = tokio::select! {
+                biased;
                 end = self.interrupt.fired() => Err(end),
                 Some(msg) = self.inbox.recv() => self.deliver(msg).await,
                 Some(frame) = next_reply(&mut self.replies) => Box::pin(self.send(frame)).await,
