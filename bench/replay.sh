@@ -205,41 +205,39 @@ part_resumed() {
     done
 }
 
+table() { # title header alignment rows(tsv): a markdown table, or nothing without rows
+    [[ -n $4 ]] || return 0
+    printf '%s\n%s\n%s\n' "$1" "$2" "$3"
+    sed 's/\t/ | /g; s/^/| /; s/$/ |/' <<<"$4"
+    echo
+}
+
 report() {
-    echo "Resume vs live, $N clients x $M messages (live at $LIVE_RATE msg/s): sidewire CPU us per delivered message"
-    jq -rs '
-      def r2: . * 100 | round / 100;
-      group_by(.label)[] | map({(.mode): .}) | add as $x
-      | select($x.ResumeWs and $x.LiveWs and $x.ResumeSse and $x.LiveSse)
-      | [ $x.ResumeWs.label,
-          ($x.ResumeWs.replay_us_per_msg | r2), ($x.ResumeWs.resume_us_per_msg | r2),
-          ($x.LiveWs.live_us_per_msg | r2),
-          (($x.ResumeWs.resume_us_per_msg / $x.LiveWs.live_us_per_msg) | r2),
-          ($x.ResumeSse.resume_us_per_msg | r2), ($x.LiveSse.live_us_per_msg | r2),
-          (($x.ResumeSse.resume_us_per_msg / $x.LiveSse.live_us_per_msg) | r2),
-          ($x.ResumeWs.received + $x.LiveWs.received + $x.ResumeSse.received + $x.LiveSse.received) ]
-      | @tsv' "$RESULTS" |
-        {
-            echo "| binary/round | WS replay | WS resume (with connect) | WS live | WS ratio | SSE resume | SSE live | SSE ratio | delivered |"
-            echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-            sed 's/\t/ | /g; s/^/| /; s/$/ |/'
-        }
-    echo
-    echo "Socket writes under strace, $SENDS_N clients resuming $M messages (WS: the welcome is one of them)"
-    jq -rs 'map(select(.sendto != null)) | .[] | [.label, .mode, .clients, .sendto, (.sendto / .clients * 100 | round / 100), .writev] | @tsv' \
-        "$RESULTS" | {
-        echo "| binary | run | clients | sendto | sendto per client | writev (hyper) |"
-        echo "|---|---|---:|---:|---:|---:|"
-        sed 's/\t/ | /g; s/^/| /; s/$/ |/'
-    }
-    echo
-    echo "Idle WebSockets held ${HOLD}s: server RSS after - before, per WebSocket"
-    jq -rs 'map(select(.kib_per_ws)) | .[] | [.label, .mode, .websockets, .tcp_connections, .replayed, (.kib_per_ws * 100 | round / 100)] | @tsv' \
-        "$RESULTS" | {
-        echo "| binary | mode | WebSockets | TCP connections | messages replayed to each | KiB per WS |"
-        echo "|---|---|---:|---:|---:|---:|"
-        sed 's/\t/ | /g; s/^/| /; s/$/ |/'
-    }
+    table "Resume vs live, $N clients x $M messages (live at $LIVE_RATE msg/s): sidewire CPU us per delivered message" \
+        "| binary/round | WS replay | WS resume (with connect) | WS live | WS ratio | SSE resume | SSE live | SSE ratio | delivered |" \
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" \
+        "$(jq -rs '
+          def r2: . * 100 | round / 100;
+          group_by(.label)[] | map({(.mode): .}) | add as $x
+          | select($x.ResumeWs and $x.LiveWs and $x.ResumeSse and $x.LiveSse)
+          | [ $x.ResumeWs.label,
+              ($x.ResumeWs.replay_us_per_msg | r2), ($x.ResumeWs.resume_us_per_msg | r2),
+              ($x.LiveWs.live_us_per_msg | r2),
+              (($x.ResumeWs.resume_us_per_msg / $x.LiveWs.live_us_per_msg) | r2),
+              ($x.ResumeSse.resume_us_per_msg | r2), ($x.LiveSse.live_us_per_msg | r2),
+              (($x.ResumeSse.resume_us_per_msg / $x.LiveSse.live_us_per_msg) | r2),
+              ($x.ResumeWs.received + $x.LiveWs.received + $x.ResumeSse.received + $x.LiveSse.received) ]
+          | @tsv' "$RESULTS")"
+    table "Socket writes under strace, $SENDS_N clients resuming $M messages (WS: the welcome is one of them)" \
+        "| binary | run | clients | sendto | sendto per client | writev (hyper) |" \
+        "|---|---|---:|---:|---:|---:|" \
+        "$(jq -rs 'map(select(.sendto != null)) | .[]
+          | [.label, .mode, .clients, .sendto, (.sendto / .clients * 100 | round / 100), .writev] | @tsv' "$RESULTS")"
+    table "Idle WebSockets held ${HOLD}s: server RSS after - before, per WebSocket" \
+        "| binary | mode | WebSockets | TCP connections | messages replayed to each | KiB per WS |" \
+        "|---|---|---:|---:|---:|---:|" \
+        "$(jq -rs 'map(select(.kib_per_ws)) | .[]
+          | [.label, .mode, .websockets, .tcp_connections, .replayed, (.kib_per_ws * 100 | round / 100)] | @tsv' "$RESULTS")"
 }
 
 main() {
