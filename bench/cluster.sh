@@ -95,29 +95,15 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SIDEWIRE_BIN=${SIDEWIRE_BIN:-$TARGET_DIR/release/sidewire}
 LOADGEN_BIN=${LOADGEN_BIN:-$TARGET_DIR/release/examples/loadgen}
 
-log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=cluster
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 WORK=$(mktemp -d /tmp/sidewire-cluster.XXXXXX)
 STARTED=()    # every pid this script started
 SW_PIDS=()    # the sidewire instances of the current run
 REDIS_PID=""
 REDIS_PORT=""
-
-stop_pid() { # pid: TERM, wait up to 10 s, then KILL
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local pid
@@ -126,17 +112,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-
-wait_port() { # port: until something listens (10 s)
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [[ -n $(ss -Hltn "sport = :$1") ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # ---------------------------------------------------------------- Redis
 start_redis() {

@@ -56,26 +56,12 @@ messages_for() {
     esac
 }
 
-log() { printf '[fanout %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=fanout
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 WORK=$(mktemp -d /tmp/sidewire-fanout.XXXXXX)
 STARTED=() # every pid this script started (servers, backend)
-
-stop_pid() { # pid: TERM, wait up to 10 s, then KILL
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local pid
@@ -84,17 +70,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-
-wait_port() { # port: until something listens (10 s)
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [[ -n $(ss -Hltn "sport = :$1") ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 children() { # pid -> its direct children
     pgrep -P "$1" | tr "\n" " " || true

@@ -53,25 +53,16 @@ REPLAY_BIN=${REPLAY_BIN:-$ROOT/target/release/examples/replay}
 PORT=$((PORT_BASE + 80))
 ADMIN=$((PORT_BASE + 90))
 
-log() { printf '[replay %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+BENCH_NAME=replay
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 WORK=$(mktemp -d /tmp/sidewire-replay.XXXXXX)
 SERVER=""
 
 stop_server() {
-    local i
     [[ -n $SERVER ]] || return 0
-    kill -TERM "$SERVER" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$SERVER" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER" 2>/dev/null || true
-    wait "$SERVER" 2>/dev/null || true
+    stop_pid "$SERVER"
     SERVER=""
 }
 
@@ -81,17 +72,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-port_free() { [[ -z $(ss -Hltn "sport = :$1") ]]; }
-
-wait_port() { # port: until something listens (10 s)
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [[ -n $(ss -Hltn "sport = :$1") ]] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 start_server() { # binary
     port_free "$PORT" && port_free "$ADMIN" || die "ports $PORT/$ADMIN busy"
