@@ -145,11 +145,8 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         Ok(mut events) => {
             let mut out = Out { pending: head(&super::response(()), None), last: false };
             // A resume's whole replay leaves with the response head, in one write.
-            if let Some(first) = events.take_head() {
-                let mut frame = BytesMut::with_capacity(ROOM + first.len() + 2);
-                frame.resize(ROOM, 0);
-                frame.extend_from_slice(&first);
-                out.chunk(frame);
+            if let Some(first) = events.take_head(ROOM) {
+                out.chunk(first);
             }
             poll_fn(|cx| pump(cx, &mut io, &mut events, &mut out)).await
         }

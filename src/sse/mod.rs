@@ -260,8 +260,9 @@ impl EventStream {
     /// The stream's first bytes (`retry`, any `reset`, the replayed history), ready from
     /// the start: the raw HTTP/1.1 path sends them in the same write as the response
     /// head. `poll_frame` yields them first when nobody took them.
-    fn take_head(&mut self) -> Option<Bytes> {
-        self.head.take()
+    /// They come after `room` free bytes, as from [`EventStream::poll_bytes`].
+    fn take_head(&mut self, room: usize) -> Option<BytesMut> {
+        self.head.take().map(|head| framed(&head, room))
     }
 
     /// `Ready` once the hub evicted the stream (slow consumer): for a writer that must
@@ -292,17 +293,11 @@ impl EventStream {
     /// framed write needs no buffer of its own: [`h1`]'s chunk-size line and CRLF. `None`
     /// once the stream ended.
     fn poll_bytes(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<Option<BytesMut>> {
-        let framed = |data: &[u8]| {
-            let mut buf = BytesMut::with_capacity(2 * room + data.len());
-            buf.put_bytes(0, room);
-            buf.extend_from_slice(data);
-            buf
-        };
         if self.done {
             return Poll::Ready(None);
         }
         if let Some(head) = self.head.take() {
-            return Poll::Ready(Some(framed(&head)));
+            return Poll::Ready(Some(framed(&head, room)));
         }
         // Messages first: while they flow, nothing else is polled (each control check
         // costs a lock or a timer registration on the fan-out hot path).
@@ -332,7 +327,7 @@ impl EventStream {
         }
         if self.shutdown.as_mut().poll(cx).is_ready() {
             self.done = true;
-            return Poll::Ready(Some(framed(&self.farewell())));
+            return Poll::Ready(Some(framed(&self.farewell(), room)));
         }
         if self.evicted.as_mut().poll(cx).is_ready() {
             self.done = true;
@@ -347,10 +342,18 @@ impl EventStream {
             return Poll::Ready(None);
         }
         if self.heartbeat.poll_tick(cx).is_ready() {
-            return Poll::Ready(Some(framed(b": ping\n\n")));
+            return Poll::Ready(Some(framed(b": ping\n\n", room)));
         }
         Poll::Pending
     }
+}
+
+/// `data` after `room` free bytes, with capacity for `room` more after it.
+fn framed(data: &[u8], room: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(2 * room + data.len());
+    buf.put_bytes(0, room);
+    buf.extend_from_slice(data);
+    buf
 }
 
 impl http_body::Body for EventStream {
