@@ -17,7 +17,9 @@
 # Environment: DURATION (10s), WARMUP (2s), CONNECTIONS (64), THREADS (1),
 #              ROUNDS (1; N > 1 repeats all six runs N times, interleaved, and reports
 #              medians: use it when the machine is busy), OUT (bench/out/passthrough.md),
-#              SKIP_BUILD=1 (use the existing binary instead of `cargo build --release`).
+#              SKIP_BUILD=1 (use the existing binary instead of `cargo build --release`),
+#              SIDEWIRE_B_BIN (a second sidewire build, measured as "sidewire_b" in the same
+#              rounds: two builds compared under the same machine drift).
 #              The environment is passed on to sidewire, e.g. TOKIO_WORKER_THREADS=1.
 # Every process started here is killed on exit; every wait is bounded.
 
@@ -33,6 +35,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUTDIR="$ROOT/bench/out"
 OUT=${OUT:-$OUTDIR/passthrough.md}
 BIN="$ROOT/target/release/sidewire"
+BIN_B=${SIDEWIRE_B_BIN:-}
+[[ -z $BIN_B || -x $BIN_B ]] || { echo "passthrough.sh: SIDEWIRE_B_BIN=$BIN_B is not executable" >&2; exit 1; }
 
 die() { echo "passthrough.sh: $*" >&2; exit 1; }
 
@@ -109,7 +113,9 @@ wait_ready() {
 
 for _ in $(seq 10); do
     BACKEND_PORT=$(free_port) NGINX_PORT=$(free_port) SIDEWIRE_PORT=$(free_port) ADMIN_PORT=$(free_port)
-    [[ $(printf '%s\n' "$BACKEND_PORT" "$NGINX_PORT" "$SIDEWIRE_PORT" "$ADMIN_PORT" | sort -u | wc -l) == 4 ]] && break
+    B_PORT=$(free_port) B_ADMIN_PORT=$(free_port)
+    [[ $(printf '%s\n' "$BACKEND_PORT" "$NGINX_PORT" "$SIDEWIRE_PORT" "$ADMIN_PORT" "$B_PORT" "$B_ADMIN_PORT" \
+        | sort -u | wc -l) == 6 ]] && break
 done
 
 # Workers run as the invoking user (root here: its files are in a root-owned dir).
@@ -220,12 +226,20 @@ EOF
 RUST_LOG=warn "$BIN" --config "$S/config.yaml" >"$S/stdout.log" 2>"$S/stderr.log" &
 PIDS+=($!)
 SIDEWIRE_PID=${PIDS[-1]}
+if [[ -n $BIN_B ]]; then
+    mkdir -p "$S/b"
+    sed -e "s/:$SIDEWIRE_PORT\"/:$B_PORT\"/" -e "s/:$ADMIN_PORT\"/:$B_ADMIN_PORT\"/" "$S/config.yaml" >"$S/b/config.yaml"
+    RUST_LOG=warn "$BIN_B" --config "$S/b/config.yaml" >"$S/b/stdout.log" 2>"$S/b/stderr.log" &
+    PIDS+=($!)
+    B_PID=${PIDS[-1]}
+fi
 
 for path in small large; do
     want=$SMALL_BYTES; [[ $path == large ]] && want=$LARGE_BYTES
     wait_ready "http://127.0.0.1:$BACKEND_PORT/$path" "$want" "$BACKEND_PID"
     wait_ready "http://127.0.0.1:$NGINX_PORT/$path" "$want" "$NGINX_PID"
     wait_ready "http://127.0.0.1:$SIDEWIRE_PORT/$path" "$want" "$SIDEWIRE_PID"
+    [[ -z $BIN_B ]] || wait_ready "http://127.0.0.1:$B_PORT/$path" "$want" "$B_PID"
 done
 
 # ---------------------------------------------------------------- measuring
@@ -285,6 +299,7 @@ for round in $(seq "$ROUNDS"); do
     for size in small large; do
         run_one "$round" "backend direct" "http://127.0.0.1:$BACKEND_PORT/$size" "$BACKEND_PID" "$size"
         run_one "$round" "nginx proxy" "http://127.0.0.1:$NGINX_PORT/$size" "$NGINX_PID" "$size"
+        [[ -z $BIN_B ]] || run_one "$round" "sidewire_b" "http://127.0.0.1:$B_PORT/$size" "$B_PID" "$size"
         run_one "$round" "sidewire" "http://127.0.0.1:$SIDEWIRE_PORT/$size" "$SIDEWIRE_PID" "$size"
     done
 done
