@@ -4,13 +4,9 @@
 //! back, never buffered.
 //! WebSocket (and any other HTTP/1.1) upgrades are tunnelled byte for byte.
 //!
-//! Owns: the keep-alive connection pools to the backend: `pool.rs`'s for plain
-//! pass-through (each connection driven on the request's own task), hyper-util's for
-//! upgrades, auth calls and webhooks.
+//! Owns: the keep-alive connection pool to the backend, which auth and webhooks reuse.
 //! Invariant: a request whose body may have been sent is never retried (hyper-util only
-//! retries requests that were never written to a connection; `pool.rs` never retries).
-
-mod pool;
+//! retries requests that were never written to a connection).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -181,12 +177,10 @@ impl Backend {
     }
 }
 
-/// The backend client: the keep-alive pools plus the target and timeouts.
+/// The backend client: a keep-alive pool plus the target and timeouts.
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
-    /// Plain pass-through's pool (see `pool.rs`).
-    direct: Arc<pool::Pool>,
     backend: Arc<BackendConfig>,
     /// Unique per `Proxy::new`: lets each serving thread tell whether its own pool was
     /// built from the current backend config.
@@ -206,12 +200,7 @@ impl Proxy {
             .timer(TokioTimer::new())
             .build(connector);
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        Self {
-            client,
-            direct: Arc::new(pool::Pool::new(backend)),
-            backend: Arc::new(backend.clone()),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        }
+        Self { client, backend: Arc::new(backend.clone()), id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// This thread's pool for the same backend (see [`Proxy::local`]).
@@ -255,45 +244,6 @@ impl Proxy {
             .map_err(|_| ProxyError::BadFraming("invalid request target"))
     }
 
-    /// Forwards a plain (non-upgrade) request on this thread's pass-through pool and
-    /// returns the response with its body streaming from the backend. Times out, fails
-    /// and is counted like [`Proxy::send`].
-    pub async fn pass(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, ProxyError> {
-        use http_body::Body as _;
-        let started = Instant::now();
-        let timeout = self.backend.timeout;
-        let exchange = async |req| {
-            let mut lease = self.direct.checkout().await.map_err(|e| match e {
-                pool::CheckoutError::Connect(why) => ProxyError::BackendUnreachable(why),
-                pool::CheckoutError::Handshake(e) => ProxyError::BackendFailed(error_chain(&e)),
-            })?;
-            let res = lease.send(req).await.map_err(|e| classify(&e))?;
-            Ok(lease.stream(res))
-        };
-        let answer = if req.body().is_end_stream() {
-            tokio::time::timeout(timeout, exchange(req)).await.ok()
-        } else {
-            let (req, progress) = watch_progress(req);
-            until_idle(exchange(req), progress, timeout).await
-        };
-        let result = answer.unwrap_or(Err(ProxyError::BackendTimeout(timeout)));
-        record(metrics, started, &result);
-        result
-    }
-
-    /// The request target sent to the backend: `uri`'s path and query under the
-    /// backend's base path, in origin form (`/path?query`, RFC 9112 §3.2.1).
-    pub fn origin_form(&self, uri: &Uri) -> Result<Uri, ProxyError> {
-        let pq = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let pq = if self.backend.base_path.is_empty() {
-            pq
-        } else {
-            http::uri::PathAndQuery::try_from(format!("{}{pq}", self.backend.base_path))
-                .map_err(|_| ProxyError::BadFraming("invalid request target"))?
-        };
-        Ok(Uri::from(pq))
-    }
-
     /// Sends a request to the backend and waits for its response headers until the
     /// backend has been idle for `backend.timeout`. Used by pass-through, auth and webhooks.
     pub async fn send(&self, req: Request<Body>, metrics: &Metrics) -> Result<Response<Incoming>, ProxyError> {
@@ -310,32 +260,17 @@ impl Proxy {
         let result = match answer {
             None => Err(ProxyError::BackendTimeout(timeout)),
             Some(Err(e)) if e.is_connect() => Err(ProxyError::BackendUnreachable(error_chain(&e))),
-            Some(Err(e)) => Err(classify(&e)),
+            Some(Err(e)) if crate::body_timeout::is_timeout(&e) => Err(ProxyError::BodyTimeout),
+            Some(Err(e)) if caused_by_client(&e) => Err(ProxyError::ClientBody(error_chain(&e))),
+            Some(Err(e)) => Err(ProxyError::BackendFailed(error_chain(&e))),
             Some(Ok(res)) => Ok(res),
         };
-        record(metrics, started, &result);
+        match &result {
+            Ok(_) => metrics.upstream_latency(started.elapsed()),
+            Err(e) if e.is_client() => {}
+            Err(e) => metrics.upstream_error(e.kind()),
+        }
         result
-    }
-}
-
-/// Names who failed an exchange that got past connecting.
-fn classify(e: &(dyn std::error::Error + 'static)) -> ProxyError {
-    if crate::body_timeout::is_timeout(e) {
-        ProxyError::BodyTimeout
-    } else if caused_by_client(e) {
-        ProxyError::ClientBody(error_chain(e))
-    } else {
-        ProxyError::BackendFailed(error_chain(e))
-    }
-}
-
-/// Counts a backend exchange: its latency to the response head, or its failure unless
-/// the client caused it.
-fn record<T>(metrics: &Metrics, started: Instant, result: &Result<T, ProxyError>) {
-    match result {
-        Ok(_) => metrics.upstream_latency(started.elapsed()),
-        Err(e) if e.is_client() => {}
-        Err(e) => metrics.upstream_error(e.kind()),
     }
 }
 
@@ -463,17 +398,8 @@ pub async fn forward(
     if let (Some(h), false) = (&host, parts.headers.contains_key(header::HOST)) {
         parts.headers.insert(header::HOST, h.clone());
     }
-    parts.uri = match client_upgrade {
-        // hyper-util's client picks its pool from the absolute URI.
-        Some(_) => proxy.target(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()))?,
-        None => proxy.origin_form(&parts.uri)?,
-    };
-    if !parts.headers.contains_key(header::HOST) {
-        // An HTTP/1.0 client may send none; the backend then sees its own authority.
-        if let Ok(h) = HeaderValue::from_str(proxy.backend.origin.as_str()) {
-            parts.headers.insert(header::HOST, h);
-        }
-    }
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = proxy.target(target)?;
     parts.version = Version::HTTP_11;
     // A client whose body stalls cancels the backend request (see `body_timeout`); its
     // framing errors are marked as its own (`ClientBodyError`).
@@ -484,13 +410,6 @@ pub async fn forward(
         crate::body_timeout::Idle::new(body, body_timeout).boxed_unsync()
     };
     let out = Request::from_parts(parts, body);
-    if client_upgrade.is_none() {
-        let mut res = proxy.pass(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
-        strip_hop_headers(res.headers_mut());
-        // hyper writes the status line from this field: answer in our own protocol version.
-        *res.version_mut() = Version::HTTP_11;
-        return Ok(res);
-    }
     let mut res = proxy.send(out, metrics).await.inspect_err(|e| backend_failed(proxy, e))?;
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
         if let Some(key) = key {
