@@ -178,8 +178,13 @@ async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Resul
 where
     F: Future<Output = Result<(), WsError>>,
 {
-    // The write first: it usually completes at once, and then the interrupt is never
-    // polled (no registration cost per message).
+    // The write first, once on its own: it usually completes at once, and then neither
+    // the timer nor the interrupt is set up (no clock read, timer entry or registration
+    // per message). The timeout counts from its first `Pending`.
+    let mut write = pin!(write);
+    if let Poll::Ready(written) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return written.map_err(|_| End::Gone);
+    }
     tokio::select! {
         biased;
         written = tokio::time::timeout(timeout, write) => match written {
