@@ -4,20 +4,25 @@
 //! The 101 is returned at once and the session runs on the shutdown tracker (hyper
 //! forgets upgraded connections). Limits and the origin are checked before the upgrade
 //! (HTTP 429/403); identity is settled inside the session so failures become close codes
-//! 4001–4003 (1011 when the backend cannot answer). The loop only selects; each arm calls
-//! a named function. Frame-level plumbing (handshake, stream config, read errors to
-//! 1002/1007/1009, the closing handshake) is in `frames.rs`, shared with the Autobahn
-//! conformance example; client requests are handled in `requests.rs`.
+//! 4001–4003 (1011 when the backend cannot answer). The session loop only finds the next
+//! event ([`Conn::poll_event`], a hand-written poll that re-polls a wait only when its
+//! wake-up flag says it can have fired) and hands it to a named function. Frame-level
+//! plumbing (handshake, stream config, read errors to 1002/1007/1009, the closing
+//! handshake) is in `frames.rs`, shared with the Autobahn conformance example; client
+//! requests are handled in `requests.rs`.
 
 mod cut;
 pub mod frames;
 mod requests;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskCx, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -27,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::{self, AuthError, AuthRequest, Credential, Identity};
 use crate::config::{Config, RouteConfig, Transport};
@@ -151,6 +156,11 @@ impl Interrupt {
     /// Resolves with the close to send once it has fired. Cancel-safe.
     async fn fired(&self) -> End {
         self.token.cancelled().await;
+        self.end()
+    }
+
+    /// The close to send once the interrupt has fired.
+    fn end(&self) -> End {
         if self.shutdown.is_cancelled() {
             End::Close(close_code::GOING_AWAY, "server shutting down")
         } else {
@@ -168,8 +178,13 @@ async fn bounded<F>(interrupt: &Interrupt, timeout: Duration, write: F) -> Resul
 where
     F: Future<Output = Result<(), WsError>>,
 {
-    // The write first: it usually completes at once, and then the interrupt is never
-    // polled (no registration cost per message).
+    // The write first, once on its own: it usually completes at once, and then neither
+    // the timer nor the interrupt is set up (no clock read, timer entry or registration
+    // per message). The timeout counts from its first `Pending`.
+    let mut write = pin!(write);
+    if let Poll::Ready(written) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return written.map_err(|_| End::Gone);
+    }
     tokio::select! {
         biased;
         written = tokio::time::timeout(timeout, write) => match written {
@@ -177,6 +192,100 @@ where
             _ => Err(End::Gone),
         },
         end = interrupt.fired() => Err(end),
+    }
+}
+
+/// What [`Conn::poll_event`] found to do.
+enum Event {
+    Interrupt,
+    Message(Arc<Message>),
+    Reply(String),
+    Frame(Option<Result<Frame, WsError>>),
+    Expiry(Result<Arc<Identity>, AuthError>),
+    Reload,
+    Heartbeat,
+}
+
+/// A wake-up flag: the waker handed to a source, which notes that the source can have
+/// fired before waking the task. The task polls the source again only then.
+struct Flag {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Flag {
+    fn wake_by_ref(flag: &Arc<Self>) {
+        flag.fired.store(true, Ordering::Release);
+        flag.task.wake();
+    }
+}
+
+impl Flag {
+    /// Set at first: every source is polled once, to register.
+    fn new() -> Arc<Self> {
+        Arc::new(Self { fired: AtomicBool::new(true), task: AtomicWaker::new() })
+    }
+
+    /// Whether the flag was set since the last call (and clears it). `task` is woken by
+    /// the next wake-up: registered first, so none is lost in between.
+    fn take(&self, task: &Waker) -> bool {
+        self.task.register(task);
+        self.fired.load(Ordering::Acquire) && self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Sources [`Conn::poll_event`] polls only when due, one bit each.
+const INTERRUPT: u8 = 1;
+const READ: u8 = 2;
+const EXPIRY: u8 = 4;
+const RELOAD: u8 = 8;
+const HEARTBEAT: u8 = 16;
+/// The sources woken through [`Waits::other`]: all rare, so one flag (one allocation)
+/// serves them, and one firing has the others polled too.
+const OTHER: u8 = INTERRUPT | EXPIRY | RELOAD | HEARTBEAT;
+
+/// The session's waits besides its queues, and which of them are due for a poll. Two
+/// flags, allocated once per session: the socket's read side (the frequent one) and
+/// the rest.
+struct Waits {
+    read: Arc<Flag>,
+    other: Arc<Flag>,
+    due: Due,
+    heartbeat: tokio::time::Interval,
+}
+
+impl Waits {
+    fn new(heartbeat: tokio::time::Interval) -> Self {
+        Self { read: Flag::new(), other: Flag::new(), due: Due(0), heartbeat }
+    }
+}
+
+/// Sources to poll: those whose flag fired, and those that were ready when last polled
+/// (a ready source registered no waker; it may be ready again, or was replaced) or not
+/// reached (an earlier source was ready first).
+struct Due(u8);
+
+impl Due {
+    fn collect(&mut self, read: &Flag, other: &Flag, task: &Waker) {
+        if read.take(task) {
+            self.0 |= READ;
+        }
+        if other.take(task) {
+            self.0 |= OTHER;
+        }
+    }
+
+    /// Whether `source` is due; it is not any more (its poll registers its flag).
+    fn take(&mut self, source: u8) -> bool {
+        let due = self.0 & source != 0;
+        self.0 &= !source;
+        due
+    }
+
+    /// `source` was ready: it is polled again next time.
+    fn ready(&mut self, source: u8, event: Event) -> Poll<Event> {
+        self.0 |= source;
+        Poll::Ready(event)
     }
 }
 
@@ -260,22 +369,6 @@ fn arm_expiry(ctx: &Context, identity: Arc<Identity>) -> Option<Expiry> {
     Some(Box::pin(auth::recheck(state, ctx.cred.clone(), identity, "websocket", ctx.path.clone())))
 }
 
-/// The identity's re-check, or never. Cancel-safe (the boxed future is polled by ref).
-async fn expired(expiry: &mut Option<Expiry>) -> Result<Arc<Identity>, AuthError> {
-    match expiry {
-        Some(fut) => fut.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next webhook answer, or never while no webhook was started. Cancel-safe.
-async fn next_reply(replies: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>) -> Option<String> {
-    match replies {
-        Some((_, rx)) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Conn {
     /// `welcome`, then the route's own channels.
     async fn start(&mut self) -> Result<(), End> {
@@ -303,28 +396,84 @@ impl Conn {
         let interval = self.ctx.config.heartbeat.interval;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waits = Waits::new(heartbeat);
+        // Registered once and kept (not re-created per wake-up as a `select!` would).
+        let mut interrupt = pin!(self.interrupt.token.clone().cancelled_owned());
+        let mut reload = pin!(self.ctx.reload.clone().cancelled_owned());
         loop {
-            // Every arm is cancel-safe: channel receives, `next()` (tungstenite keeps
-            // partial frames buffered), ticks, and the boxed expiry future polled by ref.
-            // Biased, in this order: an interrupt ends the session before anything else,
-            // and a wake-up that brought messages delivers them without first polling
-            // (and so registering, then dropping) the rest, as a random start would
-            // about half the time. The client's frames still get their turn: `deliver`
-            // drains the whole queue (up to `BATCH`) each time.
-            let step = tokio::select! {
-                biased;
-                end = self.interrupt.fired() => Err(end),
-                Some(msg) = self.inbox.recv() => self.deliver(msg).await,
-                Some(frame) = next_reply(&mut self.replies) => Box::pin(self.send(frame)).await,
-                frame = self.ws.next() => Box::pin(self.on_frame(frame)).await,
-                verdict = expired(&mut self.expiry) => self.on_expiry(verdict),
-                () = self.ctx.reload.cancelled() => self.on_reload(),
-                _ = heartbeat.tick() => Box::pin(self.heartbeat()).await,
+            let event = poll_fn(|cx| self.poll_event(cx, &mut waits, interrupt.as_mut(), reload.as_mut())).await;
+            let step = match event {
+                Event::Interrupt => Err(self.interrupt.end()),
+                Event::Message(msg) => self.deliver(msg).await,
+                Event::Reply(frame) => Box::pin(self.send(frame)).await,
+                Event::Frame(frame) => Box::pin(self.on_frame(frame)).await,
+                Event::Expiry(verdict) => self.on_expiry(verdict),
+                Event::Reload => {
+                    let step = self.on_reload();
+                    reload.set(self.ctx.reload.clone().cancelled_owned());
+                    step
+                }
+                Event::Heartbeat => Box::pin(self.heartbeat()).await,
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// The next thing the session must do, in this order: an interrupt ends the session
+    /// before anything else; then queued messages (`deliver` drains up to `BATCH`, so
+    /// the client's frames still get their turn), webhook replies, client frames, the
+    /// identity's expiry, a reload, the heartbeat.
+    ///
+    /// The inbox and the replies are polled on every wake-up (cheap, and the inbox is
+    /// what wakes the task almost every time). The others are polled only when their
+    /// flag says they can have fired ([`Waits`]): a wake-up that brought a message does
+    /// not touch the socket's read registration, the cancellation tokens or the timer.
+    /// Every source polled here is cancel-safe, as under `select!`: the persistent
+    /// cancellation futures and the boxed expiry are polled by ref, tungstenite keeps
+    /// partial frames buffered, channel receives and interval ticks lose nothing.
+    fn poll_event(
+        &mut self,
+        cx: &mut TaskCx<'_>,
+        waits: &mut Waits,
+        interrupt: Pin<&mut WaitForCancellationFutureOwned>,
+        reload: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Poll<Event> {
+        let Waits { read, other, due, heartbeat } = waits;
+        due.collect(read, other, cx.waker());
+        let read = waker_ref(read);
+        let other = waker_ref(other);
+        let mut other = TaskCx::from_waker(&other);
+        if due.take(INTERRUPT) && interrupt.poll(&mut other).is_ready() {
+            return due.ready(INTERRUPT, Event::Interrupt);
+        }
+        if let Poll::Ready(Some(msg)) = self.inbox.poll_recv(cx) {
+            return Poll::Ready(Event::Message(msg));
+        }
+        if let Some((_, rx)) = &mut self.replies
+            && let Poll::Ready(Some(frame)) = rx.poll_recv(cx)
+        {
+            return Poll::Ready(Event::Reply(frame));
+        }
+        if due.take(READ)
+            && let Poll::Ready(frame) = self.ws.poll_next_unpin(&mut TaskCx::from_waker(&read))
+        {
+            return due.ready(READ, Event::Frame(frame));
+        }
+        if due.take(EXPIRY)
+            && let Some(expiry) = &mut self.expiry
+            && let Poll::Ready(verdict) = expiry.as_mut().poll(&mut other)
+        {
+            return due.ready(EXPIRY, Event::Expiry(verdict));
+        }
+        if due.take(RELOAD) && reload.poll(&mut other).is_ready() {
+            return due.ready(RELOAD, Event::Reload);
+        }
+        if due.take(HEARTBEAT) && heartbeat.poll_tick(&mut other).is_ready() {
+            return due.ready(HEARTBEAT, Event::Heartbeat);
+        }
+        Poll::Pending
     }
 
     /// The identity's TTL ended: keep going with the fresh answer, or close 4002/4003.
