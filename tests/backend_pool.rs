@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+const LARGE: usize = 16 << 20;
+
 /// What the backend saw.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
@@ -37,7 +39,9 @@ enum Mode {
     CloseIdle { after: Duration },
     /// A head after `delay`.
     Slow { delay: Duration },
-    /// A 1 MiB body, written as fast as the socket takes it.
+    /// A 16 MiB body, written as fast as the socket takes it: more than the loopback
+    /// socket buffers between backend and client hold, so a client that stops reading
+    /// leaves it half sent.
     Large,
 }
 
@@ -78,7 +82,7 @@ async fn backend(mode: Mode) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                             sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
                         }
                         Mode::Large => {
-                            let body = vec![b'x'; 1 << 20];
+                            let body = vec![b'x'; LARGE];
                             let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
                             match sock.write_all(head.as_bytes()).await {
                                 Ok(()) => sock.write_all(&body).await,
@@ -199,7 +203,7 @@ async fn a_response_abandoned_half_read_closes_its_backend_connection() {
     again.send("GET /large HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     let head = again.read_head().await;
     assert_eq!(status_of(&head), 200, "{head}");
-    assert_eq!(again.read_exact(1 << 20).await.len(), 1 << 20);
+    assert_eq!(again.read_exact(LARGE).await.len(), LARGE);
     assert_eq!(next(&mut seen).await, Seen::Accepted(2));
     server.stop().await;
 }
