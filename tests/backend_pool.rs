@@ -45,16 +45,17 @@ enum Mode {
     Large,
 }
 
-async fn backend(mode: Mode) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+async fn backend(mode: Mode) -> (SocketAddr, mpsc::Receiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Bounded like every queue: a test sees a handful of events.
+    let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut n = 0;
         while let Ok((mut sock, _)) = listener.accept().await {
             n += 1;
             let (tx, conn) = (tx.clone(), n);
-            let _ = tx.send(Seen::Accepted(conn));
+            let _ = tx.try_send(Seen::Accepted(conn));
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut requests = 0;
@@ -64,7 +65,7 @@ async fn backend(mode: Mode) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                         match sock.read(&mut chunk).await {
                             Ok(0) | Err(_) => {
-                                let _ = tx.send(Seen::Closed { conn, requests });
+                                let _ = tx.try_send(Seen::Closed { conn, requests });
                                 return;
                             }
                             Ok(k) => buf.extend_from_slice(&chunk[..k]),
@@ -91,13 +92,13 @@ async fn backend(mode: Mode) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
                         }
                     };
                     if written.is_err() {
-                        let _ = tx.send(Seen::Closed { conn, requests });
+                        let _ = tx.try_send(Seen::Closed { conn, requests });
                         return;
                     }
                     if let Mode::CloseIdle { after } = mode {
                         tokio::time::sleep(after).await;
                         drop(sock);
-                        let _ = tx.send(Seen::Closed { conn, requests });
+                        let _ = tx.try_send(Seen::Closed { conn, requests });
                         return;
                     }
                 }
@@ -107,7 +108,7 @@ async fn backend(mode: Mode) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     (addr, rx)
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+async fn next(rx: &mut mpsc::Receiver<Seen>) -> Seen {
     within("the backend's next event", rx.recv()).await.unwrap()
 }
 
