@@ -126,6 +126,17 @@ async fn get(conn: &mut RawConn, path: &str) -> (u16, String) {
     (status_of(&head), String::from_utf8(body).unwrap())
 }
 
+/// A sidewire in front of a `mode` backend (`extra` appended to its `backend` section)
+/// that has served one `GET /1` on a fresh backend connection, and the client that sent it.
+async fn served_once(mode: Mode, extra: &str) -> (TestServer, RawConn, mpsc::Receiver<Seen>) {
+    let (addr, mut seen) = backend(mode).await;
+    let server = TestServer::start(&yaml(addr, extra)).await;
+    let mut client = RawConn::connect(server.public).await;
+    assert_eq!(get(&mut client, "/1").await, (200, "ok".into()));
+    assert_eq!(next(&mut seen).await, Seen::Accepted(1));
+    (server, client, seen)
+}
+
 #[tokio::test]
 async fn backend_connections_are_reused_across_requests_and_clients() {
     let (addr, mut seen) = backend(Mode::Ok).await;
@@ -144,11 +155,7 @@ async fn backend_connections_are_reused_across_requests_and_clients() {
 
 #[tokio::test]
 async fn a_connection_the_backend_closed_while_idle_is_not_used() {
-    let (addr, mut seen) = backend(Mode::CloseIdle { after: Duration::from_millis(50) }).await;
-    let server = TestServer::start(&yaml(addr, "")).await;
-    let mut client = RawConn::connect(server.public).await;
-    assert_eq!(get(&mut client, "/1").await, (200, "ok".into()));
-    assert_eq!(next(&mut seen).await, Seen::Accepted(1));
+    let (server, mut client, mut seen) = served_once(Mode::CloseIdle { after: Duration::from_millis(50) }, "").await;
     assert_eq!(next(&mut seen).await, Seen::Closed { conn: 1, requests: 1 });
     // The pooled connection is closed by now: the next request takes a new one.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -159,12 +166,8 @@ async fn a_connection_the_backend_closed_while_idle_is_not_used() {
 
 #[tokio::test]
 async fn idle_backend_connections_close_after_pool_idle_timeout() {
-    let (addr, mut seen) = backend(Mode::Ok).await;
-    let server = TestServer::start(&yaml(addr, ", pool_idle_timeout: 1s")).await;
-    let mut client = RawConn::connect(server.public).await;
-    assert_eq!(get(&mut client, "/1").await, (200, "ok".into()));
-    assert_eq!(next(&mut seen).await, Seen::Accepted(1));
-    // Nothing else is sent: the reaper closes it (checks every 1 s, so within ~2 s).
+    let (server, mut client, mut seen) = served_once(Mode::Ok, ", pool_idle_timeout: 1s").await;
+    // Nothing else is sent: the pool's idle timer closes it.
     assert_eq!(next(&mut seen).await, Seen::Closed { conn: 1, requests: 1 });
     // And the client's next request opens a fresh one.
     assert_eq!(get(&mut client, "/2").await, (200, "ok".into()));
