@@ -79,3 +79,43 @@ impl Rejection {
         res
     }
 }
+
+/// Writes a whole response (a refusal: its body is small and complete) to an HTTP/1.1
+/// connection; `close` says (in the head) that the connection closes after it.
+pub async fn write_h1<T: tokio::io::AsyncWrite + Unpin>(
+    io: &mut T,
+    res: Response<Body>,
+    close: bool,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let res = Response::from_parts(parts, ());
+    let mut out = bytes::BytesMut::from(&h1_head(&res, Some(body.len()), close)[..]);
+    out.extend_from_slice(&body);
+    io.write_all(&out).await
+}
+
+/// The HTTP/1.1 status line and headers of `res`, with `date` (and `connection: close`
+/// if `close`); chunked unless `length` is given. For the paths that write responses
+/// without hyper.
+pub fn h1_head(res: &Response<()>, length: Option<usize>, close: bool) -> Bytes {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(256);
+    let status = res.status();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in res.headers() {
+        let _ = write!(out, "{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes()));
+    }
+    match length {
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        None => out.push_str("transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    let _ = write!(out, "date: {}\r\n\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
+    Bytes::from(out)
+}

@@ -35,9 +35,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::proxy::Peer;
+use crate::proxy::h1::Handoff;
 use crate::respond::{Body, BoxError};
 use crate::shutdown::Shutdown;
-use crate::sse::h1::First;
 use crate::{Config, State};
 
 /// Pause after a failed `accept` (typically out of file descriptors).
@@ -231,23 +231,29 @@ impl Connection {
         let peer = Peer { addr: self.addr, tls: self.kind == Kind::Tls };
         let kind = self.kind;
         let limit = config.limits.header_read_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        // SSE streams on plain HTTP/1.1 are served without hyper's per-connection buffers.
+        let mut deadline = tokio::time::Instant::now() + limit;
+        // Plain HTTP/1.1 pass-through and SSE are served without hyper; the first request
+        // that is neither hands the connection (and the bytes read) to hyper.
         let mut stream = stream;
         let read = match self.kind {
-            Kind::Public if crate::sse::h1::routed(&config) => {
-                match crate::sse::h1::read_first(&mut stream, &config, deadline).await {
-                    First::Sse(req) => {
-                        drop(config);
-                        // Boxed: the other connections' tasks must not carry a stream's size.
-                        return Box::pin(crate::sse::h1::serve(stream, &state.realtime, peer, *req)).await;
-                    }
-                    First::Other(read) => read,
-                    First::Gone(why) => return tracing::debug!("{why}"),
+            Kind::Public => match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
+                Handoff::Sse(req) => {
+                    drop(config);
+                    // Boxed: the other connections' tasks must not carry a stream's size.
+                    return Box::pin(crate::sse::h1::serve(stream, &state.realtime, peer, *req)).await;
                 }
-            }
+                Handoff::Hyper { read, served } => {
+                    if served {
+                        deadline = tokio::time::Instant::now() + limit;
+                    }
+                    read
+                }
+                Handoff::Closed(why) => return tracing::debug!("{why}"),
+            },
             _ => Bytes::new(),
         };
+        // A reload while requests were served here applies to hyper's part.
+        let config = state.config.load_full();
         let stream = Rewind { read, inner: stream };
         let first_request = CancellationToken::new();
         let seen = first_request.clone();

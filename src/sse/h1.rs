@@ -3,7 +3,7 @@
 //! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for every HTTP/1
 //! connection for its whole life: twice what the rest of an idle stream costs. So a
 //! plain (h1c) connection whose first request is an SSE `GET` is claimed before hyper
-//! sees it: the head is read and parsed here ([`read_first`]), and the response head
+//! sees it: the head is read by [`crate::proxy::h1`] and claimed here ([`claim`]), and the response head
 //! and the chunked event stream are written straight to the socket ([`serve`]), with
 //! nothing buffered between writes. Anything else — HTTP/2, HTTP/1.0, another route, a
 //! request with a body, a head hyper must refuse — goes to hyper with the bytes read so
@@ -14,7 +14,6 @@
 //! the response says `connection: close`, and the connection closes when the stream or
 //! refusal is done (an SSE client reconnects on a new connection anyway).
 
-use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -24,9 +23,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
-use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::EventStream;
 use crate::config::{Config, Transport};
@@ -36,50 +33,9 @@ use crate::router::{self, Route};
 
 /// hyper's default limit on the number of request headers.
 const MAX_HEADERS: usize = 100;
-/// The first read of a connection; a longer head grows the buffer up to
-/// `limits.max_header_bytes`.
-const FIRST_READ: usize = 4096;
 
-/// What the first bytes of a plain connection turned out to be.
-pub enum First {
-    /// The head of an SSE `GET`: served here.
-    Sse(Box<Request<()>>),
-    /// Anything else: for hyper, with the bytes read so far.
-    Other(Bytes),
-    /// Nothing to serve: why (closed, or no complete head before the deadline).
-    Gone(&'static str),
-}
-
-/// Whether `config` has an SSE route at all (else nothing is worth reading ahead of hyper).
-pub fn routed(config: &Config) -> bool {
-    config.routes.iter().any(|r| r.transport == Transport::Sse)
-}
-
-/// Reads the first request head of a connection until it is known to be an SSE `GET`
-/// or not, by `deadline` (`limits.header_read_timeout` after the accept).
-pub async fn read_first<T: AsyncRead + Unpin>(io: &mut T, config: &Config, deadline: Instant) -> First {
-    let max = config.limits.max_header_bytes;
-    let mut buf = BytesMut::new();
-    loop {
-        buf.reserve(FIRST_READ);
-        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_) => return First::Gone("no request head within header_read_timeout; closed"),
-            Ok(Ok(0)) if buf.is_empty() => return First::Gone("closed before any request"),
-            // hyper answers (or drops) a head cut short, as it would have.
-            Ok(Ok(0)) => return First::Other(buf.freeze()),
-            Ok(Err(_)) => return First::Gone("read failed before any request"),
-            Ok(Ok(_)) => {}
-        }
-        match claim(&buf, config) {
-            // Over the limit: hyper answers 431.
-            Claim::Partial if buf.len() < max => {}
-            Claim::Sse(req) => return First::Sse(req),
-            Claim::Partial | Claim::Other => return First::Other(buf.freeze()),
-        }
-    }
-}
-
-enum Claim {
+/// What a complete request head on a plain connection is to the SSE path.
+pub(crate) enum Claim {
     Partial,
     Sse(Box<Request<()>>),
     Other,
@@ -87,7 +43,7 @@ enum Claim {
 
 /// Parses `buf` as far as it goes. Synchronous: the header array stays on the stack,
 /// out of the connection's future.
-fn claim(buf: &[u8], config: &Config) -> Claim {
+pub(crate) fn claim(buf: &[u8], config: &Config) -> Claim {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
@@ -143,7 +99,7 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
     drop(req);
     let ended = match opened {
         Ok(mut events) => {
-            let mut out = Out { pending: head(&super::response(()), None), last: false };
+            let mut out = Out { pending: crate::respond::h1_head(&super::response(()), None, true), last: false };
             // A resume's whole replay leaves with the response head, in one write.
             if let Some(first) = events.take_head(ROOM) {
                 out.chunk(first);
@@ -163,33 +119,10 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
 
 /// Writes a refusal (whose body is whole) and its end.
 async fn refuse<T: AsyncWrite + Unpin>(io: &mut T, res: Response<crate::respond::Body>) -> End {
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let res = Response::from_parts(parts, ());
-    let mut out = BytesMut::from(&head(&res, Some(body.len()))[..]);
-    out.extend_from_slice(&body);
-    match io.write_all(&out).await {
+    match crate::respond::write_h1(io, res, true).await {
         Ok(()) => End::Done,
         Err(e) => End::Failed(e),
     }
-}
-
-/// The status line and headers of `res`; chunked unless `length` is given.
-fn head(res: &Response<()>, length: Option<usize>) -> Bytes {
-    let mut out = String::with_capacity(256);
-    let status = res.status();
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
-    for (name, value) in res.headers() {
-        let _ = write!(out, "{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes()));
-    }
-    match length {
-        Some(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        None => out.push_str("transfer-encoding: chunked\r\n"),
-    }
-    let _ = write!(out, "connection: close\r\ndate: {}\r\n\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
-    Bytes::from(out)
 }
 
 /// How a stream served here ended.

@@ -4,6 +4,10 @@
 //! back, never buffered.
 //! WebSocket (and any other HTTP/1.1) upgrades are tunnelled byte for byte.
 //!
+//! Plain HTTP/1.1 requests take a shorter path that does the same without hyper
+//! ([`h1`], with its own per-thread pool, [`pool`]); this one serves everything else
+//! (HTTP/2, TLS, uploads, upgrades, whatever [`h1`] hands over).
+//!
 //! Owns: the keep-alive connection pool to the backend, which auth and webhooks reuse.
 //! Invariant: a request whose body may have been sent is never retried (hyper-util only
 //! retries requests that were never written to a connection).
@@ -22,6 +26,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
+
+pub mod framing;
+pub mod h1;
+mod pool;
 
 use crate::config::BackendConfig;
 use crate::metrics::Metrics;

@@ -1,0 +1,217 @@
+//! The plain HTTP/1.1 pass-through path (`src/proxy/h1.rs`), against a scripted raw TCP
+//! backend: responses keep the backend's framing (chunked with extensions and
+//! trailers, close-delimited, HEAD, 1xx skipped), pipelined requests and a hand-over
+//! to hyper mid-connection keep their order, a kept-alive backend connection that
+//! dies unanswered is retried for idempotent requests only, and idle client
+//! connections close after `limits.header_read_timeout` or on shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::raw::{RawConn, header_values, status_of, within};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One request as the backend read it.
+struct Req {
+    method: String,
+    path: String,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads one request (head, then a `content-length` body); `None` at EOF.
+async fn read_req(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
+    let mut chunk = vec![0u8; 65536];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let len: usize = header_values(&head, "content-length").first().map_or(0, |v| v.parse().unwrap());
+    while buf.len() < len {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf.drain(..len).collect();
+    let mut line = head.split(' ');
+    let (method, path) = (line.next().unwrap().to_owned(), line.next().unwrap().to_owned());
+    Some(Req { method, path, head, body })
+}
+
+/// A backend answering by path; returns its address and how many connections it took.
+async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                while let Some(req) = read_req(&mut sock, &mut buf).await {
+                    served += 1;
+                    let answer: Vec<u8> = match req.path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+                        "/close" => {
+                            let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nuntil the end").await;
+                            return;
+                        }
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                        // Answers a connection's first request only; a second one finds the
+                        // connection closed, as when a backend's keep-alive timer fires.
+                        "/once" if served > 1 => return,
+                        _ => {
+                            let body = format!("{} {} {}", req.method, req.path, req.body.len());
+                            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                            if req.method != "HEAD" {
+                                out.extend_from_slice(body.as_bytes());
+                            }
+                            let _ = req.head;
+                            out
+                        }
+                    };
+                    if sock.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn yaml(addr: SocketAddr, extra: &str) -> String {
+    // One serving thread: the pool is per thread, so every request meets the same one.
+    format!("workers: 1\nbackend: {{ url: \"http://{addr}\" }}\n{extra}")
+}
+
+/// Reads one response with a `content-length` body: status, head, body.
+async fn response(conn: &mut RawConn) -> (u16, String, String) {
+    let head = conn.read_head().await;
+    let len: usize = header_values(&head, "content-length").first().map_or(0, |v| v.parse().unwrap());
+    let body = conn.read_exact(len).await;
+    (status_of(&head), head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn responses_keep_the_backends_framing() {
+    let (addr, _) = backend().await;
+    let server = TestServer::start(&yaml(addr, "")).await;
+    let mut conn = RawConn::connect(server.public).await;
+
+    // Chunked: extensions and trailers pass as sent; the connection stays usable.
+    conn.send("GET /chunked HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let head = conn.read_head().await;
+    assert_eq!(status_of(&head), 200);
+    assert_eq!(header_values(&head, "transfer-encoding"), ["chunked"]);
+    assert_eq!(header_values(&head, "date").len(), 1, "date added: {head}");
+    assert_eq!(conn.read_until(b"\r\n\r\n").await, b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n");
+
+    // HEAD: a length but no body, and the next request still parses.
+    conn.send("HEAD /h HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let head = conn.read_head().await;
+    assert_eq!(header_values(&head, "content-length"), ["9"]); // "HEAD /h 0"
+    conn.send("GET /after-head HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.2, "GET /after-head 0");
+
+    // 1xx interim answers are dropped (hyper's client does the same).
+    conn.send("GET /early HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let (status, head, body) = response(&mut conn).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{head}");
+
+    // No framing: the body ends with the backend's close, and so does the connection.
+    conn.send("GET /close HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let head = conn.read_head().await;
+    assert_eq!(header_values(&head, "connection"), ["close"]);
+    assert_eq!(header_values(&head, "x-framing"), ["none"]);
+    assert_eq!(conn.read_to_close().await, b"until the end");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_and_a_hand_over_to_hyper_keep_their_order() {
+    let (addr, _) = backend().await;
+    let server = TestServer::start(&yaml(addr, "")).await;
+    let mut conn = RawConn::connect(server.public).await;
+    // Two requests in one write, then an upload too large for the plain path (hyper
+    // streams it), then one more: four answers, in order, on one connection.
+    let upload = "x".repeat(100_000);
+    conn.send(format!(
+        "GET /a HTTP/1.1\r\nHost: app.test\r\n\r\nPOST /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc\
+         PUT /c HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\n{upload}\
+         GET /d HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        upload.len()
+    ))
+    .await;
+    for expected in ["GET /a 0", "POST /b 3", "PUT /c 100000", "GET /d 0"] {
+        let (status, head, body) = response(&mut conn).await;
+        assert_eq!((status, body.as_str()), (200, expected), "{head}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_kept_alive_connection_is_retried_for_idempotent_requests_only() {
+    let (addr, accepted) = backend().await;
+    let server = TestServer::start(&yaml(addr, "")).await;
+    let mut conn = RawConn::connect(server.public).await;
+    conn.send("GET /once HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.2, "GET /once 0");
+    // The pooled connection dies without an answer: a GET goes again on a new one.
+    conn.send("GET /once HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.2, "GET /once 0");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // A POST may have been acted on: it is not sent twice, the client gets a 502.
+    conn.send("POST /once HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi").await;
+    let (status, head, body) = response(&mut conn).await;
+    assert_eq!(status, 502, "{head}");
+    assert_eq!(body, "Bad Gateway: the backend request failed\n");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "no retry on a new connection");
+    // The request was read whole: the client connection goes on.
+    assert!(header_values(&head, "connection").is_empty(), "{head}");
+    conn.send("GET /after HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.2, "GET /after 0");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_kept_alive_connections_close_after_header_read_timeout() {
+    let (addr, _) = backend().await;
+    let server = TestServer::start(&yaml(addr, "limits: { header_read_timeout: 300ms }")).await;
+    let mut conn = RawConn::connect(server.public).await;
+    conn.send("GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.0, 200);
+    let started = tokio::time::Instant::now();
+    assert!(conn.read_to_close().await.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed after {:?}", started.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_kept_alive_connections() {
+    let (addr, _) = backend().await;
+    let server = TestServer::start(&yaml(addr, "")).await;
+    let mut conn = RawConn::connect(server.public).await;
+    conn.send("GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.0, 200);
+    let stop = tokio::spawn(server.stop());
+    assert!(conn.read_to_close().await.is_empty());
+    within("shutdown", stop).await.unwrap();
+}
