@@ -488,7 +488,6 @@ async fn ask(proxy: &Proxy, out: &mut BytesMut, plan: &Plan, state: &State) -> R
             Answer::Partial => {}
         }
         conn.buf.reserve(max - conn.buf.len());
-        pool::ack_now(&conn.io);
         match conn.io.read_buf(&mut conn.buf).await {
             Ok(n) if n > 0 => {}
             Ok(_) => return Err(ProxyError::BackendFailed("the backend closed the connection mid-head".into())),
@@ -616,9 +615,6 @@ async fn relay<T: AsyncWrite + Unpin>(
     max: usize,
 ) -> Relayed {
     let Ok((n, mut done)) = framing.take(&conn.buf) else { return Relayed::Cut };
-    if !done {
-        pool::ack_now(&conn.io);
-    }
     if write_two(io, out, &conn.buf[..n]).await.is_err() {
         return Relayed::Cut;
     }
@@ -632,9 +628,6 @@ async fn relay<T: AsyncWrite + Unpin>(
             Ok(_) => {}
         }
         let Ok((n, end)) = framing.take(&conn.buf) else { return Relayed::Cut };
-        if !end {
-            pool::ack_now(&conn.io);
-        }
         if io.write_all(&conn.buf[..n]).await.is_err() {
             return Relayed::Cut;
         }

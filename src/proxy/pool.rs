@@ -146,23 +146,3 @@ async fn sweep(timeout: Duration, shutdown: Shutdown) {
         }
     }
 }
-
-/// Acknowledges at once what was read from the backend so far, when more of the
-/// response is still to come.
-///
-/// A response just over one segment (a 64 KiB body on loopback, whose MSS is 64 KiB)
-/// otherwise stalls for the delayed-ACK timer, 40 ms or more: a backend that sends
-/// with Nagle on (nginx with `sendfile` and `tcp_nopush` does, between `TCP_CORK`
-/// and its keep-alive `TCP_NODELAY`) holds the last small segment until the first
-/// is acknowledged, and Linux delays that ACK because the connection is interactive
-/// (it just sent the request). `TCP_QUICKACK` sends the pending ACK now. One system
-/// call per read of an unfinished response; responses read whole in one go (most
-/// small ones) cost nothing.
-pub fn ack_now(io: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let _ = socket2::SockRef::from(io).set_tcp_quickack(true);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = io;
-}
