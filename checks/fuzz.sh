@@ -24,7 +24,7 @@ FUZZ_SANITIZER=${FUZZ_SANITIZER:-address}
 FUZZ_RSS_MB=${FUZZ_RSS_MB:-2048}
 FUZZ_TIMEOUT=${FUZZ_TIMEOUT:-10}
 TARGET=x86_64-unknown-linux-gnu
-ALL=(config publish channels cursor webhook ws_frame sse)
+ALL=(config publish channels cursor webhook ws_frame sse chunked)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 
