@@ -53,6 +53,9 @@ async fn read_req(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
     Some(Req { method, path, head, body })
 }
 
+/// Tells the backend to send the rest of `/bad-chunk-late`.
+static LATE_CHUNK: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A backend answering by path; returns its address and how many connections it took.
 async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,6 +75,15 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
                         "/close" => {
                             let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nuntil the end").await;
                             return;
+                        }
+                        "/garbage" => b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
+                        // A chunk longer than its size says: the grammar breaks after "hello".
+                        "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n".to_vec(),
+                        "/bad-chunk-late" => {
+                            let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello").await;
+                            // Only once the client has the head and the first chunk.
+                            LATE_CHUNK.notified().await;
+                            b"XX\r\n0\r\n\r\n".to_vec()
                         }
                         "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                         // Answers a connection's first request only; a second one finds the
@@ -214,4 +226,37 @@ async fn shutdown_closes_idle_kept_alive_connections() {
     let stop = tokio::spawn(server.stop());
     assert!(conn.read_to_close().await.is_empty());
     within("shutdown", stop).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_backend_answer_is_502_or_cuts_the_response() {
+    let (addr, _) = backend().await;
+    let server = TestServer::start(&yaml(addr, "")).await;
+    let mut conn = RawConn::connect(server.public).await;
+    // A head that is not HTTP: 502 with a short plain body, and the client connection
+    // (whose request was read whole) serves the next request.
+    conn.send("GET /garbage HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let (status, head, body) = response(&mut conn).await;
+    assert_eq!(status, 502, "{head}");
+    assert_eq!(body, "Bad Gateway: the backend request failed\n");
+    conn.send("GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(response(&mut conn).await.2, "GET /next 0");
+
+    // The same when the body that came with the head already breaks its framing.
+    conn.send("GET /bad-chunk HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let (status, head, _) = response(&mut conn).await;
+    assert_eq!(status, 502, "{head}");
+
+    // A chunked body that breaks its grammar after the head went out: the body is cut
+    // where the grammar broke and the connection closed, so the client sees a truncated
+    // response (no last chunk), never bytes it would read as a complete one.
+    conn.send("GET /bad-chunk-late HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    let head = conn.read_head().await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(header_values(&head, "transfer-encoding"), ["chunked"]);
+    assert_eq!(conn.read_until(b"hello").await, b"5\r\nhello");
+    LATE_CHUNK.notify_one();
+    let rest = conn.read_to_close().await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    server.stop().await;
 }

@@ -418,13 +418,20 @@ async fn exchange<T: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return refuse(io, &proxy, state, plan, ProxyError::BackendTimeout(proxy.backend.timeout)).await,
     };
     state.metrics.upstream_latency(started.elapsed());
+    // A body that breaks its framing in what came with the head is still a 502: nothing
+    // has been written to the client yet.
+    let mut framing = head.framing;
+    let first = match framing.take(&conn.buf) {
+        Ok(first) => first,
+        Err(e) => return refuse(io, &proxy, state, plan, ProxyError::BackendFailed(e.to_string())).await,
+    };
     state.metrics.request(http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::BAD_GATEWAY));
     if let Some((method, path)) = &plan.log {
         tracing::debug!(target: "sidewire::access", %method, %path, status = head.status,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3, peer = %client.peer.addr);
     }
     let close = plan.close || head.framing == Framing::Close || state.shutdown.is_triggered();
-    match relay(io, &mut conn, out, head.framing, proxy.backend.read_buffer_bytes.max(FIRST_READ)).await {
+    match relay(io, &mut conn, out, framing, first, proxy.backend.read_buffer_bytes.max(FIRST_READ)).await {
         Relayed::Whole { extra } => {
             if head.keep && !extra {
                 pool::checkin(&proxy, &state.shutdown, conn);
@@ -606,15 +613,17 @@ enum Relayed {
     Cut,
 }
 
-/// Writes the response head in `out` and the body after it, as the backend sends it.
+/// Writes the response head in `out` and the body after it, as the backend sends it;
+/// `first` is what `framing` took of the bytes read with the head.
 async fn relay<T: AsyncWrite + Unpin>(
     io: &mut T,
     conn: &mut Conn,
     out: &BytesMut,
     mut framing: Framing,
+    first: (usize, bool),
     max: usize,
 ) -> Relayed {
-    let Ok((n, mut done)) = framing.take(&conn.buf) else { return Relayed::Cut };
+    let (n, mut done) = first;
     if write_two(io, out, &conn.buf[..n]).await.is_err() {
         return Relayed::Cut;
     }
