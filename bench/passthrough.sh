@@ -4,6 +4,7 @@
 #   bench/passthrough.sh                 # 10 s per measured run
 #   DURATION=5s bench/passthrough.sh     # shorter
 #   ROUNDS=3 bench/passthrough.sh        # 3 interleaved rounds, medians (busy machine)
+#   TLS=1 bench/passthrough.sh           # clients speak HTTPS to both proxies
 #
 # Starts (all on 127.0.0.1, free ports, own temp dir under bench/out/):
 #   backend  - Debian nginx, 1 worker, serves /small (100 B) and /large (64 KiB)
@@ -20,6 +21,9 @@
 #              SKIP_BUILD=1 (use the existing binary instead of `cargo build --release`),
 #              SIDEWIRE_B_BIN (a second sidewire build, measured as "sidewire_b" in the same
 #              rounds: two builds compared under the same machine drift).
+#              TLS=1 (wrk speaks HTTPS, TLS 1.3, to the nginx proxy and to sidewire's TLS
+#              listener, with one generated self-signed P-256 certificate; the backend
+#              hop stays plain HTTP, as in a sidecar deployment).
 #              The environment is passed on to sidewire, e.g. TOKIO_WORKER_THREADS=1.
 # Every process started here is killed on exit; every wait is bounded.
 
@@ -30,6 +34,9 @@ WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-1}
+TLS=${TLS:-0}
+SCHEME=http
+[[ $TLS == 1 ]] && SCHEME=https
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUTDIR="$ROOT/bench/out"
@@ -48,6 +55,7 @@ check_alive() {
     die "$1 (pid $2) exited with status $rc; logs in $RUN"
 }
 
+[[ $TLS != 1 ]] || command -v openssl >/dev/null || die "TLS=1 needs 'openssl' (apt-get install openssl)"
 for tool in wrk nginx curl python3 timeout; do
     command -v "$tool" >/dev/null || die "needs '$tool' (apt-get install wrk nginx curl python3)"
 done
@@ -104,7 +112,7 @@ wait_ready() {
     local url=$1 want=$2 pid=$3 got
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || die "process for $url exited; logs in $RUN"
-        got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 2 "$url" || true)
+        got=$(curl -s -k -o /dev/null -w '%{http_code} %{size_download}' --max-time 2 "$url" || true)
         [[ $got == "200 $want" ]] && return 0
         sleep 0.1
     done
@@ -113,9 +121,9 @@ wait_ready() {
 
 for _ in $(seq 10); do
     BACKEND_PORT=$(free_port) NGINX_PORT=$(free_port) SIDEWIRE_PORT=$(free_port) ADMIN_PORT=$(free_port)
-    B_PORT=$(free_port) B_ADMIN_PORT=$(free_port)
+    B_PORT=$(free_port) B_ADMIN_PORT=$(free_port) PLAIN_PORT=$(free_port) B_PLAIN_PORT=$(free_port)
     [[ $(printf '%s\n' "$BACKEND_PORT" "$NGINX_PORT" "$SIDEWIRE_PORT" "$ADMIN_PORT" "$B_PORT" "$B_ADMIN_PORT" \
-        | sort -u | wc -l) == 6 ]] && break
+        "$PLAIN_PORT" "$B_PLAIN_PORT" | sort -u | wc -l) == 8 ]] && break
 done
 
 # Workers run as the invoking user (root here: its files are in a root-owned dir).
@@ -180,6 +188,17 @@ EOF
 start_nginx "$B" backend
 BACKEND_PID=${PIDS[-1]}
 
+# ---------------------------------------------------------------- TLS (TLS=1)
+NGINX_TLS=""
+if [[ $TLS == 1 ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+        -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>/dev/null || die "openssl could not make a certificate"
+    NGINX_TLS=" ssl;
+        ssl_certificate $RUN/cert.pem;
+        ssl_certificate_key $RUN/key.pem;
+        ssl_protocols TLSv1.3"
+fi
+
 # ---------------------------------------------------------------- nginx reverse proxy (2 workers)
 N="$RUN/nginx-proxy"
 mkdir -p "$N"
@@ -194,7 +213,7 @@ $(nginx_http_common "$N")
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT$NGINX_TLS;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -215,20 +234,24 @@ NGINX_PID=${PIDS[-1]}
 # ---------------------------------------------------------------- sidewire
 S="$RUN/sidewire"
 mkdir -p "$S"
-cat >"$S/config.yaml" <<EOF
-listen: "127.0.0.1:$SIDEWIRE_PORT"
-admin:
-  listen: "127.0.0.1:$ADMIN_PORT"
-backend:
-  url: "http://127.0.0.1:$BACKEND_PORT"
-EOF
+# $1 = public port (the TLS one when TLS=1), $2 = admin port, $3 = plain port when TLS=1.
+sw_config() {
+    if [[ $TLS == 1 ]]; then
+        printf 'listen: "127.0.0.1:%s"\ntls:\n  listen: "127.0.0.1:%s"\n  cert: "%s"\n  key: "%s"\n' \
+            "$3" "$1" "$RUN/cert.pem" "$RUN/key.pem"
+    else
+        printf 'listen: "127.0.0.1:%s"\n' "$1"
+    fi
+    printf 'admin:\n  listen: "127.0.0.1:%s"\nbackend:\n  url: "http://127.0.0.1:%s"\n' "$2" "$BACKEND_PORT"
+}
+sw_config "$SIDEWIRE_PORT" "$ADMIN_PORT" "$PLAIN_PORT" >"$S/config.yaml"
 "$BIN" --check --config "$S/config.yaml" >/dev/null || die "generated sidewire config rejected ($S/config.yaml)"
 RUST_LOG=warn "$BIN" --config "$S/config.yaml" >"$S/stdout.log" 2>"$S/stderr.log" &
 PIDS+=($!)
 SIDEWIRE_PID=${PIDS[-1]}
 if [[ -n $BIN_B ]]; then
     mkdir -p "$S/b"
-    sed -e "s/:$SIDEWIRE_PORT\"/:$B_PORT\"/" -e "s/:$ADMIN_PORT\"/:$B_ADMIN_PORT\"/" "$S/config.yaml" >"$S/b/config.yaml"
+    sw_config "$B_PORT" "$B_ADMIN_PORT" "$B_PLAIN_PORT" >"$S/b/config.yaml"
     RUST_LOG=warn "$BIN_B" --config "$S/b/config.yaml" >"$S/b/stdout.log" 2>"$S/b/stderr.log" &
     PIDS+=($!)
     B_PID=${PIDS[-1]}
@@ -237,9 +260,9 @@ fi
 for path in small large; do
     want=$SMALL_BYTES; [[ $path == large ]] && want=$LARGE_BYTES
     wait_ready "http://127.0.0.1:$BACKEND_PORT/$path" "$want" "$BACKEND_PID"
-    wait_ready "http://127.0.0.1:$NGINX_PORT/$path" "$want" "$NGINX_PID"
-    wait_ready "http://127.0.0.1:$SIDEWIRE_PORT/$path" "$want" "$SIDEWIRE_PID"
-    [[ -z $BIN_B ]] || wait_ready "http://127.0.0.1:$B_PORT/$path" "$want" "$B_PID"
+    wait_ready "$SCHEME://127.0.0.1:$NGINX_PORT/$path" "$want" "$NGINX_PID"
+    wait_ready "$SCHEME://127.0.0.1:$SIDEWIRE_PORT/$path" "$want" "$SIDEWIRE_PID"
+    [[ -z $BIN_B ]] || wait_ready "$SCHEME://127.0.0.1:$B_PORT/$path" "$want" "$B_PID"
 done
 
 # ---------------------------------------------------------------- measuring
@@ -298,9 +321,9 @@ echo "==> wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s),
 for round in $(seq "$ROUNDS"); do
     for size in small large; do
         run_one "$round" "backend direct" "http://127.0.0.1:$BACKEND_PORT/$size" "$BACKEND_PID" "$size"
-        run_one "$round" "nginx proxy" "http://127.0.0.1:$NGINX_PORT/$size" "$NGINX_PID" "$size"
-        [[ -z $BIN_B ]] || run_one "$round" "sidewire_b" "http://127.0.0.1:$B_PORT/$size" "$B_PID" "$size"
-        run_one "$round" "sidewire" "http://127.0.0.1:$SIDEWIRE_PORT/$size" "$SIDEWIRE_PID" "$size"
+        run_one "$round" "nginx proxy" "$SCHEME://127.0.0.1:$NGINX_PORT/$size" "$NGINX_PID" "$size"
+        [[ -z $BIN_B ]] || run_one "$round" "sidewire_b" "$SCHEME://127.0.0.1:$B_PORT/$size" "$B_PID" "$size"
+        run_one "$round" "sidewire" "$SCHEME://127.0.0.1:$SIDEWIRE_PORT/$size" "$SIDEWIRE_PID" "$size"
     done
 done
 
@@ -343,7 +366,8 @@ PYEOF
 {
     echo "# Pass-through benchmark"
     echo
-    echo "Command: \`DURATION=$DURATION ROUNDS=$ROUNDS bench/passthrough.sh\`"
+    echo "Command: \`TLS=$TLS DURATION=$DURATION ROUNDS=$ROUNDS bench/passthrough.sh\`"
+    [[ $TLS != 1 ]] || echo "Clients speak HTTPS (TLS 1.3, P-256 certificate) to both proxies; the backend hop is plain HTTP."
     echo "wrk: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`, a $WARMUP warm-up before each run;"
     echo "$ROUNDS round(s) over all targets, interleaved. Each figure is its median over the rounds; each"
     echo "ratio is the median over the rounds of the ratio to the nginx proxy measured in the same round."

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -232,8 +232,9 @@ impl Connection {
         let kind = self.kind;
         let limit = config.limits.header_read_timeout;
         let mut deadline = tokio::time::Instant::now() + limit;
-        // Plain HTTP/1.1 pass-through and SSE are served without hyper; the first request
-        // that is neither hands the connection (and the bytes read) to hyper.
+        // HTTP/1.1 pass-through (and, on plain connections, SSE) is served without hyper;
+        // the first request that is neither hands the connection (and the bytes read) to
+        // hyper. TLS connections get there after the handshake, below.
         let mut stream = stream;
         let read = match self.kind {
             Kind::Public => match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
@@ -279,11 +280,34 @@ impl Connection {
         let served: Served = match (self.kind, &state.tls) {
             (Kind::Tls, Some(tls)) => {
                 let acceptor = tls.acceptor();
-                let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                let mut stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
+                // HTTP/1.1 (by ALPN, or none) starts on the pass-through path, as on a plain
+                // connection; HTTP/2 is hyper's.
+                let read = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Bytes::new()
+                } else {
+                    match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
+                        Handoff::Hyper { read, served } => {
+                            if served {
+                                deadline = tokio::time::Instant::now() + limit;
+                            }
+                            read
+                        }
+                        Handoff::Closed(why) => {
+                            // close_notify: a body that ends with the connection must not
+                            // look truncated to the client.
+                            let _ = tokio::time::timeout(limit, stream.shutdown()).await;
+                            return tracing::debug!("{why}");
+                        }
+                        // Not offered over TLS (`proxy::h1` hands SSE to hyper there).
+                        Handoff::Sse(_) => return tracing::debug!("SSE claimed over TLS; closed"),
+                    }
+                };
+                let stream = Rewind { read, inner: stream };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 Box::pin(ends.drive(conn.into_owned()))
             }

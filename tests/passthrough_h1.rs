@@ -3,7 +3,9 @@
 //! trailers, close-delimited, HEAD, 1xx skipped), pipelined requests and a hand-over
 //! to hyper mid-connection keep their order, a kept-alive backend connection that
 //! dies unanswered is retried for idempotent requests only, and idle client
-//! connections close after `limits.header_read_timeout` or on shutdown.
+//! connections close after `limits.header_read_timeout` or on shutdown; over TLS
+//! (ALPN http/1.1) the same path serves, flushes every response and ends a
+//! close-delimited body with close_notify.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -53,6 +55,9 @@ async fn read_req(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
     Some(Req { method, path, head, body })
 }
 
+/// The length of `/big`'s body.
+const BIG: usize = 4 << 20;
+
 /// Tells the backend to send the rest of `/bad-chunk-late`.
 static LATE_CHUNK: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
@@ -84,6 +89,15 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
                             // Only once the client has the head and the first chunk.
                             LATE_CHUNK.notified().await;
                             b"XX\r\n0\r\n\r\n".to_vec()
+                        }
+                        "/head" => {
+                            let body = req.head.clone();
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+                        }
+                        "/big" => {
+                            let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+                            out.resize(out.len() + BIG, b'b');
+                            out
                         }
                         "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                         // Answers a connection's first request only; a second one finds the
@@ -258,5 +272,73 @@ async fn a_malformed_backend_answer_is_502_or_cuts_the_response() {
     LATE_CHUNK.notify_one();
     let rest = conn.read_to_close().await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    server.stop().await;
+}
+
+/// Reads one response with a `content-length` body from a TLS stream: (head, body).
+async fn tls_response(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    within("a response over TLS", async {
+        let mut want = None;
+        loop {
+            if want.is_none()
+                && let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8(buf[..end + 4].to_vec()).unwrap();
+                let len: usize = header_values(&head, "content-length").first().map_or(0, |v| v.parse().unwrap());
+                want = Some((head, end + 4, len));
+            }
+            if let Some((head, start, len)) = &want
+                && buf.len() >= start + len
+            {
+                let body = buf[*start..start + len].to_vec();
+                buf.drain(..start + len);
+                return (head.clone(), body);
+            }
+            buf.reserve(64 * 1024);
+            assert!(stream.read_buf(buf).await.unwrap() > 0, "EOF inside a response");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http1_over_tls_takes_the_same_path() {
+    use support::tls::{CertFiles, Client};
+    let (addr, _) = backend().await;
+    let cert = support::tls::Cert::new("sidewire test");
+    let files = CertFiles::new(&cert);
+    let server = TestServer::start(&format!("{}\n{}", yaml(addr, ""), files.yaml("1h"))).await;
+    let mut stream = Client::new(&[&cert], &[b"http/1.1"]).connect(server.tls.unwrap()).await.unwrap();
+    let mut buf = Vec::new();
+
+    // Header names reach the backend as the client spelled them (hyper's path would
+    // lower-case them), with the https scheme.
+    stream.write_all(b"GET /head HTTP/1.1\r\nHost: app.test\r\nX-Mixed-Case: v\r\n\r\n").await.unwrap();
+    let (head, body) = tls_response(&mut stream, &mut buf).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert!(seen.contains("\r\nX-Mixed-Case: v\r\n"), "{seen}");
+    assert!(seen.contains("\r\nx-forwarded-proto: https\r\n"), "{seen}");
+
+    // A body larger than any buffer on the way arrives whole, and the connection serves
+    // the next request: each response was flushed out of the TLS session.
+    for _ in 0..2 {
+        stream.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+        // Not reading for a while fills the socket buffers, so that the response's last
+        // writes may leave TLS records in the session, where only a flush sends them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (head, body) = tls_response(&mut stream, &mut buf).await;
+        assert_eq!((status_of(&head), body.len()), (200, BIG), "{head}");
+        assert!(body.iter().all(|&b| b == b'b'));
+    }
+
+    // A close-delimited body ends with close_notify: the client sees a clean end, not
+    // a truncation.
+    stream.write_all(b"GET /close HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+    let mut rest = std::mem::take(&mut buf);
+    within("the close-delimited body", stream.read_to_end(&mut rest)).await.unwrap();
+    let text = String::from_utf8(rest).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nuntil the end"), "{text}");
     server.stop().await;
 }

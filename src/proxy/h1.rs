@@ -1,4 +1,4 @@
-//! Pass-through on plain HTTP/1.1 without hyper (issue 11): the request head is parsed
+//! Pass-through on HTTP/1.1 without hyper (issue 11): the request head is parsed
 //! once (httparse), rewritten straight into the bytes the backend gets, and the
 //! response head likewise; bodies are copied between the two sockets as they come,
 //! chunked ones byte for byte ([`super::framing`]). No header map, no per-request
@@ -6,13 +6,16 @@
 //! connection's own task. This is what nginx and Pingora do; through hyper's two
 //! codecs a request cost 1.5× nginx's CPU.
 //!
+//! Served on plain (h1c) connections and on TLS connections that did not pick HTTP/2 by
+//! ALPN; every response is flushed before the next request is read.
+//!
 //! Only plain requests are taken: an HTTP/1.1 pass-through route, a `Host`, an
 //! origin-form target, no `Transfer-Encoding`, `Expect` or `Upgrade`, and a body (by
 //! `Content-Length`) of at most [`MAX_BODY`] bytes, read whole before it is sent. The
 //! first request that is anything else — HTTP/1.0, HTTP/2, a realtime route, an
 //! upload, a head hyper must refuse — goes to hyper with every byte read so far
 //! ([`Handoff::Hyper`]), and hyper serves the connection from then on. An SSE `GET`
-//! as the first request goes to [`crate::sse::h1`].
+//! as the first request of a plain connection goes to [`crate::sse::h1`].
 //!
 //! The rules are SPEC §8's, as `proxy::forward` applies them: hop-by-hop headers (and
 //! those `Connection` names) removed both ways, `X-Forwarded-*` set, 502/504 with the
@@ -111,6 +114,11 @@ pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
         }
         let close = exchange(io, &mut buf, &mut out, &plan, state, &client).await;
         served = true;
+        // Over TLS the end of a response may still sit in the session's buffer (a no-op
+        // on TCP): it goes out before the wait for the next request, or the close.
+        if io.flush().await.is_err() {
+            return Handoff::Closed("the client connection failed");
+        }
         if close {
             return Handoff::Closed("closed after a pass-through response");
         }
@@ -300,7 +308,8 @@ fn decide(buf: &[u8], config: &Config, client: &Client, out: &mut BytesMut) -> D
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match router::route(config, path) {
         Route::PassThrough => {}
-        Route::Realtime(r, _) if r.transport == Transport::Sse => return Decision::Sse,
+        // SSE over TLS streams through hyper: `sse::h1` writes without flushing.
+        Route::Realtime(r, _) if r.transport == Transport::Sse && !client.peer.tls => return Decision::Sse,
         _ => return Decision::Hyper,
     }
     let mut host = None;
