@@ -30,6 +30,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -232,12 +233,43 @@ impl Connection {
         let kind = self.kind;
         let limit = config.limits.header_read_timeout;
         let mut deadline = tokio::time::Instant::now() + limit;
-        // HTTP/1.1 pass-through (and, on plain connections, SSE) is served without hyper;
-        // the first request that is neither hands the connection (and the bytes read) to
-        // hyper. TLS connections get there after the handshake, below.
+        // HTTP/1.1 pass-through and SSE are served without hyper (on TLS connections
+        // after the handshake, unless ALPN picked HTTP/2); the first request that is
+        // neither hands the connection (and the bytes read) to hyper.
         let mut stream = stream;
-        let read = match self.kind {
-            Kind::Public => match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
+        let (read, io) = match (self.kind, &state.tls) {
+            (Kind::Tls, Some(tls)) => {
+                let acceptor = tls.acceptor();
+                let mut stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                };
+                let read = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Bytes::new()
+                } else {
+                    match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
+                        Handoff::Sse(req) => {
+                            drop(config);
+                            return Box::pin(crate::sse::h1::serve(stream, &state.realtime, peer, *req)).await;
+                        }
+                        Handoff::Hyper { read, served } => {
+                            if served {
+                                deadline = tokio::time::Instant::now() + limit;
+                            }
+                            read
+                        }
+                        Handoff::Closed(why) => {
+                            // close_notify: a body that ends with the connection must not
+                            // look truncated to the client.
+                            let _ = tokio::time::timeout(limit, stream.shutdown()).await;
+                            return tracing::debug!("{why}");
+                        }
+                    }
+                };
+                (read, Either::Right(stream))
+            }
+            (Kind::Public, _) => match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
                 Handoff::Sse(req) => {
                     drop(config);
                     // Boxed: the other connections' tasks must not carry a stream's size.
@@ -247,15 +279,16 @@ impl Connection {
                     if served {
                         deadline = tokio::time::Instant::now() + limit;
                     }
-                    read
+                    (read, Either::Left(stream))
                 }
                 Handoff::Closed(why) => return tracing::debug!("{why}"),
             },
-            _ => Bytes::new(),
+            _ => (Bytes::new(), Either::Left(stream)),
         };
-        // A reload while requests were served here applies to hyper's part.
+        // A reload while requests were served here applies to hyper's part. Set up only
+        // now: a stream served above must not keep hyper's connection state alive.
         let config = state.config.load_full();
-        let stream = Rewind { read, inner: stream };
+        let stream = Rewind { read, inner: io };
         let first_request = CancellationToken::new();
         let seen = first_request.clone();
         let abort = CancellationToken::new();
@@ -276,46 +309,9 @@ impl Connection {
             abort,
             metrics: Arc::clone(&state.metrics),
         };
-        // Boxed so both arms have one type (and rustc can see the future is `Send`).
-        let served: Served = match (self.kind, &state.tls) {
-            (Kind::Tls, Some(tls)) => {
-                let acceptor = tls.acceptor();
-                let mut stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
-                };
-                // HTTP/1.1 (by ALPN, or none) starts on the pass-through path, as on a plain
-                // connection; HTTP/2 is hyper's.
-                let read = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Bytes::new()
-                } else {
-                    match Box::pin(crate::proxy::h1::serve(&mut stream, &state, peer, deadline)).await {
-                        Handoff::Hyper { read, served } => {
-                            if served {
-                                deadline = tokio::time::Instant::now() + limit;
-                            }
-                            read
-                        }
-                        Handoff::Closed(why) => {
-                            // close_notify: a body that ends with the connection must not
-                            // look truncated to the client.
-                            let _ = tokio::time::timeout(limit, stream.shutdown()).await;
-                            return tracing::debug!("{why}");
-                        }
-                        // Not offered over TLS (`proxy::h1` hands SSE to hyper there).
-                        Handoff::Sse(_) => return tracing::debug!("SSE claimed over TLS; closed"),
-                    }
-                };
-                let stream = Rewind { read, inner: stream };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Box::pin(ends.drive(conn.into_owned()))
-            }
-            _ => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Box::pin(ends.drive(conn.into_owned()))
-            }
-        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // Boxed so that rustc can see the future is `Send`.
+        let served: Served = Box::pin(ends.drive(conn.into_owned()));
         match first_request_within(served, &first_request, deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),

@@ -1,5 +1,5 @@
 //! Server-Sent Events (SPEC §3, §5) through real sockets: headers, byte-exact framing,
-//! stream cursors, resume, reset, heartbeats, refusals, HTTP/2 and shutdown.
+//! stream cursors, resume, reset, heartbeats, refusals, HTTP/2, TLS and shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
@@ -319,5 +319,42 @@ async fn resume_on_a_quiet_channel_while_others_are_busy() {
     let mut s = SseReader::open(&client, &url, &[("last-event-id", &cursor)]).await;
     assert_eq!(s.expect_block().await, format!("retry: 2000\nid: {cursor}\n\n"));
     assert_eq!(s.expect_block().await, format!("id: {missed}\ndata: missed\n\n"));
+    server.stop().await;
+}
+
+/// Reads from `io` into `got` until it holds `needle`.
+async fn read_until(io: &mut (impl tokio::io::AsyncRead + Unpin), got: &mut Vec<u8>, needle: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    support::raw::within("bytes over TLS", async {
+        while !got.windows(needle.len()).any(|w| w == needle) {
+            got.reserve(4096);
+            assert!(io.read_buf(got).await.unwrap() > 0, "EOF; got {:?}", String::from_utf8_lossy(got));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn works_over_tls_http1_without_hyper() {
+    use support::tls::{Cert, CertFiles, Client};
+    use tokio::io::AsyncWriteExt;
+    let cert = Cert::new("sidewire test");
+    let files = CertFiles::new(&cert);
+    let server = TestServer::start(&format!("{CONFIG}{}", files.yaml("1h"))).await;
+    let mut tls = Client::new(&[&cert], &[b"http/1.1"]).connect(server.tls.unwrap()).await.unwrap();
+    tls.write_all(b"GET /events?channel=news:a HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut tls, &mut got, b"retry: 2000\n").await;
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-type: text/event-stream"), "{head}");
+    // The stream is served by `sse::h1`, which says so (hyper's stream keeps the
+    // connection open for more requests and does not).
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    // Each frame is flushed out of the TLS session as it is written.
+    let id = publish_one(&server, "news:a", json!({"k": "v"})).await;
+    read_until(&mut tls, &mut got, format!("id: {id}\ndata: {{\"k\":\"v\"}}\n\n").as_bytes()).await;
     server.stop().await;
 }

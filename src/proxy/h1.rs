@@ -15,7 +15,7 @@
 //! first request that is anything else — HTTP/1.0, HTTP/2, a realtime route, an
 //! upload, a head hyper must refuse — goes to hyper with every byte read so far
 //! ([`Handoff::Hyper`]), and hyper serves the connection from then on. An SSE `GET`
-//! as the first request of a plain connection goes to [`crate::sse::h1`].
+//! as the first request goes to [`crate::sse::h1`].
 //!
 //! The rules are SPEC §8's, as `proxy::forward` applies them: hop-by-hop headers (and
 //! those `Connection` names) removed both ways, `X-Forwarded-*` set, 502/504 with the
@@ -308,8 +308,7 @@ fn decide(buf: &[u8], config: &Config, client: &Client, out: &mut BytesMut) -> D
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match router::route(config, path) {
         Route::PassThrough => {}
-        // SSE over TLS streams through hyper: `sse::h1` writes without flushing.
-        Route::Realtime(r, _) if r.transport == Transport::Sse && !client.peer.tls => return Decision::Sse,
+        Route::Realtime(r, _) if r.transport == Transport::Sse => return Decision::Sse,
         _ => return Decision::Hyper,
     }
     let mut host = None;

@@ -1,13 +1,14 @@
-//! SSE on a plain HTTP/1.1 connection, served without hyper (issue 11).
+//! SSE on an HTTP/1.1 connection, plain or TLS, served without hyper (issue 11).
 //!
 //! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for every HTTP/1
-//! connection for its whole life: twice what the rest of an idle stream costs. So a
-//! plain (h1c) connection whose first request is an SSE `GET` is claimed before hyper
-//! sees it: the head is read by [`crate::proxy::h1`] and claimed here ([`claim`]), and the response head
+//! connection for its whole life: twice what the rest of an idle stream costs. So an
+//! HTTP/1.1 connection (h1c, or TLS without ALPN h2) whose first request is an SSE `GET`
+//! is claimed before hyper sees it: the head is read by [`crate::proxy::h1`] and claimed here ([`claim`]), and the response head
 //! and the chunked event stream are written straight to the socket ([`serve`]), with
-//! nothing buffered between writes. Anything else — HTTP/2, HTTP/1.0, another route, a
-//! request with a body, a head hyper must refuse — goes to hyper with the bytes read so
-//! far. A later SSE request on a kept-alive connection is hyper's too.
+//! nothing buffered between writes (over TLS, each write is flushed out of the
+//! session). Anything else — HTTP/2, HTTP/1.0, another route, a request with a body, a
+//! head hyper must refuse — goes to hyper with the bytes read so far. A later SSE
+//! request on a kept-alive connection is hyper's too.
 //!
 //! The same as hyper's path: status, headers (with `date` and `transfer-encoding:
 //! chunked`), one chunk per frame of the [`EventStream`], refusals as JSON. Different:
@@ -183,6 +184,8 @@ impl Out {
             self.pending.advance(n);
         }
         self.pending = Bytes::new(); // an empty view would still hold the frame's buffer
+        // Over TLS the frame may still sit in the session's buffer (a no-op on TCP).
+        ready!(Pin::new(&mut *io).poll_flush(cx))?;
         Poll::Ready(Ok(()))
     }
 }
